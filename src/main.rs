@@ -1,1 +1,160 @@
-fn main() {}
+//! mongotap: a MongoDB wire-protocol proxy that answers, from the wire,
+//! which command is stuck, on which connection, from which app, and for how
+//! long.
+
+mod admin;
+mod config;
+mod error;
+mod inspect;
+mod logging;
+mod observer;
+mod server;
+mod session;
+mod shared;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use config::{Config, LogFormat, RuntimeFlavor};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mongotap",
+    version,
+    about = "MongoDB wire-protocol proxy: per-command latency, stalled and never-replied commands, from the wire",
+    long_about = "mongotap sits between any MongoDB client and its server and forwards every byte unchanged. \
+It decodes each frame, matches requests to replies, and reports latency per command, namespace and app, \
+commands that stall or never get a reply, and leaked cursors.\n\n\
+Settings come from built-in defaults, then --config FILE, then flags."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Proxy(ProxyArgs),
+    /// Parse and validate a config file, print the effective settings, and exit
+    /// (0: valid, 1: invalid).
+    CheckConfig {
+        /// The TOML config file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// TOML config file (see config.toml in the repository for every key).
+    #[arg(long, short, env = "MONGOTAP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to accept client connections on [default: 127.0.0.1:27018].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Server to forward to, HOST:PORT [default: 127.0.0.1:27017].
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Admin HTTP endpoint address; "" disables it [default: 127.0.0.1:9477].
+    #[arg(long)]
+    admin: Option<String>,
+    /// Commands slower than this many ms are logged as `slow` [default: 100].
+    #[arg(long)]
+    slow_ms: Option<u64>,
+    /// Commands pending longer than this many ms are reported as `stalled` [default: 5000].
+    #[arg(long)]
+    stall_ms: Option<u64>,
+    /// Log format on stderr [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Tokio runtime flavour [default: multi-thread].
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeFlavor>,
+}
+
+impl ProxyArgs {
+    /// Defaults, then the file, then these flags, then validation.
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.listen {
+            cfg.proxy.listen = v.clone();
+        }
+        if let Some(v) = &self.upstream {
+            cfg.proxy.upstream = v.clone();
+        }
+        if let Some(v) = &self.admin {
+            cfg.admin.listen = v.clone();
+        }
+        if let Some(v) = self.slow_ms {
+            cfg.watch.slow_ms = v;
+        }
+        if let Some(v) = self.stall_ms {
+            cfg.watch.stall_ms = v;
+        }
+        if let Some(v) = self.log_format {
+            cfg.log.format = v;
+        }
+        if let Some(v) = self.runtime {
+            cfg.proxy.runtime = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Proxy(args) => run_proxy(&args),
+        Command::CheckConfig { file } => check_config(file),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mongotap: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: PathBuf) -> anyhow::Result<()> {
+    let args = ProxyArgs {
+        config: Some(file.clone()),
+        listen: None,
+        upstream: None,
+        admin: None,
+        slow_ms: None,
+        stall_ms: None,
+        log_format: None,
+        runtime: None,
+    };
+    let cfg = args.load()?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}: ok", file.display());
+        println!("{cfg:#?}");
+    }
+    Ok(())
+}
+
+fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
+    let cfg = args.load()?;
+    logging::init(&cfg.log)?;
+    let runtime = match cfg.proxy.runtime {
+        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        RuntimeFlavor::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if cfg.proxy.worker_threads > 0 {
+                b.worker_threads(cfg.proxy.worker_threads);
+            }
+            b.enable_all().build()
+        }
+    }
+    .context("cannot start the tokio runtime")?;
+    runtime.block_on(server::run(cfg))
+}

@@ -51,7 +51,9 @@ pub enum DecodeError {
         compressor: &'static str,
         reason: String,
     },
-    #[error("OP_COMPRESSED claims {claimed} uncompressed bytes but {compressor} produced {actual}")]
+    #[error(
+        "OP_COMPRESSED claims {claimed} uncompressed bytes but {compressor} produced {actual}"
+    )]
     UncompressedMismatch {
         compressor: &'static str,
         claimed: usize,

@@ -40,17 +40,33 @@ pub fn check_length(claimed: i32, limit: usize) -> Result<usize, DecodeError> {
 /// can complete it. `limit` is the configured maximum frame size; it is
 /// never allowed above [`MAX_MESSAGE_LEN`].
 pub fn decode(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, DecodeError> {
-    if buf.len() < 4 {
+    let Some(len) = claimed_len(buf, limit)? else {
         return Ok(None);
-    }
-    let claimed = i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    let len = check_length(claimed, limit)?;
+    };
     if buf.len() < len {
         // Safe to reserve: `len` is bounded by the limit checked above.
         buf.reserve(len - buf.len());
         return Ok(None);
     }
     let bytes = buf.split_to(len).freeze();
-    let header = Header::parse(&bytes).expect("length >= 16 was checked");
-    Ok(Some(Frame { header, bytes }))
+    match Header::parse(&bytes) {
+        Some(header) => Ok(Some(Frame { header, bytes })),
+        None => Err(DecodeError::LengthTooSmall {
+            claimed: len as i32,
+        }),
+    }
+}
+
+/// The validated messageLength of the frame at the front of `buf`, once its
+/// first four bytes have arrived (the frame itself may still be partial).
+pub fn claimed_len(buf: &[u8], limit: usize) -> Result<Option<usize>, DecodeError> {
+    match buf.get(..4) {
+        Some(b) => check_length(i32::from_le_bytes([b[0], b[1], b[2], b[3]]), limit).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The length of the frame at the front of `buf` if all of it is there.
+pub fn complete_len(buf: &[u8], limit: usize) -> Result<Option<usize>, DecodeError> {
+    Ok(claimed_len(buf, limit)?.filter(|&len| buf.len() >= len))
 }

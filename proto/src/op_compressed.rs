@@ -144,7 +144,10 @@ pub fn decompress(message: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> 
 pub fn compress(message: &[u8], compressor: Compressor) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     let header = crate::Header::parse(message).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "message shorter than a header")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "message shorter than a header",
+        )
     })?;
     let body = &message[HEADER_LEN..];
     let compressed = match compressor {
@@ -165,6 +168,11 @@ pub fn compress(message: &[u8], compressor: Compressor) -> std::io::Result<Vec<u
     out.extend_from_slice(&(body.len() as i32).to_le_bytes());
     out.push(compressor.id());
     out.extend_from_slice(&compressed);
-    finish(&mut out, header.request_id, header.response_to, OpCode::Compressed);
+    finish(
+        &mut out,
+        header.request_id,
+        header.response_to,
+        OpCode::Compressed,
+    );
     Ok(out)
 }

@@ -1,0 +1,200 @@
+//! Configuration: built-in defaults, then the TOML file, then CLI flags,
+//! then `validate()`. `check-config` runs exactly the same path.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub watch: WatchConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: String,
+    /// The mongod (or mongos, or FerretDB) every connection is forwarded to.
+    pub upstream: String,
+    /// Connections beyond this are refused (closed at once) and counted.
+    pub max_connections: usize,
+    /// Largest frame accepted from either side, at most 48,000,000.
+    pub max_frame_bytes: usize,
+    /// How long to wait for the upstream's TCP connect.
+    pub connect_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight commands may take to finish.
+    pub drain_timeout_ms: u64,
+    /// Tokio runtime flavour: "current-thread" (one core) or "multi-thread".
+    pub runtime: RuntimeFlavor,
+    /// Worker threads for the multi-thread runtime (0: one per core).
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeFlavor {
+    CurrentThread,
+    MultiThread,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:27018".into(),
+            upstream: "127.0.0.1:27017".into(),
+            max_connections: 10_000,
+            max_frame_bytes: mongotap_proto::MAX_MESSAGE_LEN,
+            connect_timeout_ms: 5_000,
+            drain_timeout_ms: 10_000,
+            runtime: RuntimeFlavor::MultiThread,
+            worker_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Admin HTTP endpoint (/metrics, /stats, /inflight, /healthz).
+    /// Set to "" to disable it.
+    pub listen: String,
+    /// Bearer token required on every admin request when set. Required when
+    /// `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9477".into(),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Commands slower than this get a `slow` event.
+    pub slow_ms: u64,
+    /// Commands pending longer than this get a `stalled` event.
+    pub stall_ms: u64,
+    /// Bound on distinct label sets in histograms; past it values fold into "other".
+    pub max_series: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            slow_ms: 100,
+            stall_ms: 5_000,
+            max_series: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// tracing filter directive, e.g. "info" or "mongotap=debug". RUST_LOG wins.
+    pub level: Option<String>,
+}
+
+impl Config {
+    /// Parses a config file on top of the defaults. Unknown keys are errors
+    /// that name the key.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Err(e) = self.proxy.listen.parse::<SocketAddr>() {
+            return bad(format!(
+                "proxy.listen {:?} is not an IP:port address ({e})",
+                self.proxy.listen
+            ));
+        }
+        if self.proxy.upstream.rsplit_once(':').is_none() {
+            return bad(format!(
+                "proxy.upstream {:?} must be HOST:PORT",
+                self.proxy.upstream
+            ));
+        }
+        if self.proxy.max_frame_bytes < 1024
+            || self.proxy.max_frame_bytes > mongotap_proto::MAX_MESSAGE_LEN
+        {
+            return bad(format!(
+                "proxy.max_frame_bytes {} must be between 1024 and {}",
+                self.proxy.max_frame_bytes,
+                mongotap_proto::MAX_MESSAGE_LEN
+            ));
+        }
+        if self.proxy.max_connections == 0 {
+            return bad("proxy.max_connections must be at least 1".into());
+        }
+        if !self.admin.listen.is_empty() {
+            match self.admin.listen.parse::<SocketAddr>() {
+                Err(e) => {
+                    return bad(format!(
+                        "admin.listen {:?} is not an IP:port address ({e})",
+                        self.admin.listen
+                    ))
+                }
+                Ok(addr) if !addr.ip().is_loopback() && self.admin.token.is_none() => {
+                    return bad(format!(
+                        "admin.listen {addr} is not loopback: set admin.token so the endpoint is not open to the network"
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        if self.watch.stall_ms == 0 {
+            return bad("watch.stall_ms must be at least 1".into());
+        }
+        if self.watch.max_series == 0 {
+            return bad("watch.max_series must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! Session errors, tagged with the side that failed so a log line says
+//! whether the client, the upstream or mongotap itself is at fault.
+
+use mongotap_proto::DecodeError;
+use std::fmt;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("cannot connect to upstream {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to upstream {addr} timed out after {ms} ms")]
+    ConnectTimeout { addr: String, ms: u64 },
+    #[error("{side} sent a malformed frame: {source}")]
+    Decode { side: Side, source: DecodeError },
+    #[error("{side} connection failed: {source}")]
+    Io { side: Side, source: std::io::Error },
+}

@@ -1,0 +1,110 @@
+//! The listener: accepts clients, spawns one session task each, and on
+//! SIGINT/SIGTERM stops accepting, drains in-flight commands with a
+//! deadline, then returns.
+
+use crate::config::Config;
+use crate::session::{self, ConnId, Shutdown};
+use crate::shared::Shared;
+use anyhow::Context;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
+    let listen_addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::new(config));
+    let shutdown = Shutdown {
+        drain: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    };
+    let tasks = TaskTracker::new();
+
+    let admin_addr =
+        match crate::admin::start(shared.clone(), &tasks, shutdown.abort.clone()).await? {
+            Some(addr) => addr.to_string(),
+            None => "disabled".to_string(),
+        };
+    info!(
+        listen = %listen_addr,
+        admin = %admin_addr,
+        upstream = %shared.config.proxy.upstream,
+        "listening"
+    );
+    tokio::spawn(wait_for_signal(shutdown.drain.clone()));
+
+    loop {
+        // `accept` is cancel-safe: a connection not yet returned stays queued.
+        let (stream, client) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.drain.cancelled() => break,
+        };
+        let active = shared.counters.connections_active.load(Relaxed);
+        if active >= shared.config.proxy.max_connections as i64 {
+            shared.counters.connections_refused.fetch_add(1, Relaxed);
+            warn!(
+                event = "connection_refused",
+                client = %client,
+                active,
+                max_connections = shared.config.proxy.max_connections,
+                "refusing connection: proxy.max_connections reached"
+            );
+            drop(stream);
+            continue;
+        }
+        let id = ConnId {
+            conn: shared.next_conn_id(),
+            client,
+        };
+        tasks.spawn(session::run(shared.clone(), stream, id, shutdown.clone()));
+    }
+
+    drop(listener);
+    let deadline = Duration::from_millis(shared.config.proxy.drain_timeout_ms);
+    info!(
+        active = shared.counters.connections_active.load(Relaxed),
+        deadline_ms = deadline.as_millis() as u64,
+        "shutting down: no new connections, draining in-flight commands"
+    );
+    tasks.close();
+    if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+        warn!(
+            active = shared.counters.connections_active.load(Relaxed),
+            "drain deadline passed: closing remaining connections"
+        );
+    }
+    shutdown.abort.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(drain: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; SIGTERM will not drain");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+    }
+    drain.cancel();
+}

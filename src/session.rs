@@ -1,0 +1,254 @@
+//! One task per client connection: connect upstream, then forward whole
+//! frames both ways as the original bytes, observing each one on the way.
+//!
+//! Forwarding never copies: the bytes of every complete frame in a read are
+//! split off the read buffer as one `Bytes` and written as they are.
+
+use crate::error::{SessionError, Side};
+use crate::observer::{Observe, ReplyObserver, RequestObserver};
+use crate::shared::Shared;
+use bytes::BytesMut;
+use mongotap_proto::{frame, sniff, DecodeError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// Read buffer sizing: most commands and replies are small; a large frame
+/// reserves exactly what its (validated) header claims.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The two signals a session listens to.
+#[derive(Clone)]
+pub struct Shutdown {
+    /// Stop once no command is pending (graceful drain).
+    pub drain: CancellationToken,
+    /// Stop now (drain deadline passed).
+    pub abort: CancellationToken,
+}
+
+/// Who a connection is, for every log line about it.
+#[derive(Debug, Clone)]
+pub struct ConnId {
+    pub conn: u64,
+    pub client: SocketAddr,
+}
+
+pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: Shutdown) {
+    let _active = shared.connection_opened();
+    let upstream = match connect_upstream(&shared).await {
+        Ok(s) => s,
+        Err(e) => {
+            shared
+                .counters
+                .upstream_connect_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            error!(
+                event = "upstream_unreachable",
+                conn = id.conn,
+                client = %id.client,
+                upstream = %shared.config.proxy.upstream,
+                error = %e,
+                "closing client connection: upstream unreachable"
+            );
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    debug!(conn = id.conn, client = %id.client, "connection opened");
+
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let limit = shared.config.proxy.max_frame_bytes;
+    let conn_state = crate::observer::ConnState::new(shared.clone(), id.clone());
+    let mut requests = RequestObserver::new(&conn_state);
+    let mut replies = ReplyObserver::new(&conn_state);
+    let to_upstream = pipe(
+        Side::Client,
+        client_read,
+        upstream_write,
+        limit,
+        &mut requests,
+    );
+    let to_client = pipe(
+        Side::Upstream,
+        upstream_read,
+        client_write,
+        limit,
+        &mut replies,
+    );
+    tokio::pin!(to_upstream, to_client);
+
+    // Each branch polls a pinned future that lives across iterations, so
+    // nothing is lost when another branch wins: the pipes' only await
+    // points are `read_buf` (cancel-safe) and `write_all` of a whole chunk.
+    let mut draining = false;
+    let end = loop {
+        tokio::select! {
+            r = &mut to_upstream => break End::new(Side::Client, r),
+            r = &mut to_client => break End::new(Side::Upstream, r),
+            _ = shutdown.abort.cancelled() => break End::Shutdown,
+            _ = shutdown.drain.cancelled(), if !draining => draining = true,
+            // While draining, check every few ms whether the last reply is in.
+            _ = tokio::time::sleep(Duration::from_millis(5)), if draining => {
+                if conn_state.pending() == 0 {
+                    break End::Shutdown;
+                }
+            }
+        }
+    };
+    conn_state.finish(&end);
+    report_end(&shared, &id, &end);
+}
+
+/// How a session ended.
+pub enum End {
+    /// That side closed its connection cleanly.
+    Closed(Side),
+    Failed(SessionError),
+    Shutdown,
+}
+
+impl End {
+    fn new(side: Side, r: Result<(), SessionError>) -> End {
+        match r {
+            Ok(()) => End::Closed(side),
+            Err(e) => End::Failed(e),
+        }
+    }
+}
+
+fn report_end(shared: &Shared, id: &ConnId, end: &End) {
+    match end {
+        End::Closed(side) => {
+            debug!(conn = id.conn, client = %id.client, closed_by = %side, "connection closed")
+        }
+        End::Shutdown => {
+            debug!(conn = id.conn, client = %id.client, "connection closed for shutdown")
+        }
+        End::Failed(SessionError::Decode { side, source }) => {
+            shared
+                .counters
+                .decode_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(
+                event = "decode_error",
+                conn = id.conn,
+                client = %id.client,
+                side = %side,
+                reason = %source,
+                "closing connection: {side} sent a malformed frame: {source}"
+            );
+        }
+        End::Failed(e) => {
+            info!(conn = id.conn, client = %id.client, error = %e, "connection failed")
+        }
+    }
+}
+
+async fn connect_upstream(shared: &Shared) -> Result<TcpStream, SessionError> {
+    let addr = &shared.config.proxy.upstream;
+    let ms = shared.config.proxy.connect_timeout_ms;
+    match tokio::time::timeout(Duration::from_millis(ms), TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(SessionError::Connect {
+            addr: addr.clone(),
+            source,
+        }),
+        Err(_) => Err(SessionError::ConnectTimeout {
+            addr: addr.clone(),
+            ms,
+        }),
+    }
+}
+
+/// Forwards frames from `reader` (the `from` side) to `writer` until EOF or
+/// an error. Frames are observed before they are written; a malformed frame
+/// is not forwarded, but every good frame before it is.
+async fn pipe<R, W, O>(
+    from: Side,
+    mut reader: R,
+    mut writer: W,
+    limit: usize,
+    observer: &mut O,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    O: Observe,
+{
+    let to = match from {
+        Side::Client => Side::Upstream,
+        Side::Upstream => Side::Client,
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut first_read = from == Side::Client;
+    loop {
+        let n = reader
+            .read_buf(&mut buf)
+            .await
+            .map_err(|source| SessionError::Io { side: from, source })?;
+        if n == 0 {
+            if buf.is_empty() {
+                return Ok(());
+            }
+            return Err(SessionError::Decode {
+                side: from,
+                source: DecodeError::Truncated {
+                    opcode: "frame",
+                    what: "the rest of the message before the connection closed",
+                    needed: frame::claimed_len(&buf, limit).ok().flatten().unwrap_or(16),
+                    left: buf.len(),
+                },
+            });
+        }
+        if first_read {
+            first_read = false;
+            if let Some(source) = sniff::foreign_protocol(&buf) {
+                return Err(SessionError::Decode { side: from, source });
+            }
+        }
+        // Walk the complete frames in the buffer, observing each.
+        let mut ready = 0;
+        let mut failed = None;
+        loop {
+            match frame::complete_len(&buf[ready..], limit) {
+                Ok(Some(len)) => match observer.observe(&buf[ready..ready + len]) {
+                    Ok(()) => ready += len,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if ready > 0 {
+            let chunk = buf.split_to(ready).freeze();
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|source| SessionError::Io { side: to, source })?;
+        }
+        if let Some(source) = failed {
+            return Err(SessionError::Decode { side: from, source });
+        }
+        // Make room for the rest of a partial frame (its length is already
+        // validated), or for the next read.
+        let want = match frame::claimed_len(&buf, limit) {
+            Ok(Some(len)) => len.saturating_sub(buf.len()).max(1024),
+            _ => READ_CHUNK,
+        };
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want.max(READ_CHUNK.min(want * 2)));
+        }
+    }
+}

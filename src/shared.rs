@@ -1,0 +1,52 @@
+//! The one piece of state every session shares, passed in as `Arc<Shared>`
+//! (never a global, so tests can run many proxies in one process).
+
+use crate::config::Config;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Process-wide counters. Only per-connection or rare events touch these;
+/// per-frame numbers are kept in the session and published from there.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections_active: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub upstream_connect_errors: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub unknown_opcodes: AtomicU64,
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub counters: Counters,
+    next_conn_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Self {
+        Shared {
+            config,
+            counters: Counters::default(),
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Relaxed)
+    }
+
+    /// Counts a connection as active until the guard is dropped.
+    pub fn connection_opened(&self) -> ActiveGuard<'_> {
+        self.counters.connections_active.fetch_add(1, Relaxed);
+        self.counters.connections_total.fetch_add(1, Relaxed);
+        ActiveGuard(self)
+    }
+}
+
+pub struct ActiveGuard<'a>(&'a Shared);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.counters.connections_active.fetch_sub(1, Relaxed);
+    }
+}
