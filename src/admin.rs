@@ -1,19 +1,25 @@
-//! The admin HTTP endpoint: /healthz, /metrics, /stats, /inflight.
+//! The admin HTTP endpoint: /healthz, /metrics, /stats, /stats/shapes,
+//! /inflight, /cursors. Loopback by default; a token is required to bind
+//! anywhere else, and then on every route but /healthz.
 
 use crate::shared::Shared;
 use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+type S = State<Arc<Shared>>;
 
 /// Binds and serves the admin endpoint; returns its address, or `None`
 /// when it is disabled.
 pub async fn start(
     shared: Arc<Shared>,
-    tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<SocketAddr>> {
     let listen = shared.config.admin.listen.clone();
@@ -25,12 +31,65 @@ pub async fn start(
         .with_context(|| format!("cannot listen on {listen} (admin.listen)"))?;
     let addr = listener.local_addr()?;
     let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/stats", get(stats))
+        .route("/stats/shapes", get(shapes))
+        .route("/inflight", get(inflight))
+        .route("/cursors", get(cursors))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared);
-    tasks.spawn(async move {
+    tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
     });
     Ok(Some(addr))
+}
+
+async fn require_token(State(shared): S, req: Request, next: Next) -> Response {
+    if let Some(token) = &shared.config.admin.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "admin.token is set: send Authorization: Bearer <token>\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn metrics(State(shared): S) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(shared),
+    )
+}
+
+async fn stats(State(shared): S) -> impl IntoResponse {
+    Json(serde_json::json!({ "commands": shared.stats.command_rows() }))
+}
+
+async fn shapes(State(shared): S) -> impl IntoResponse {
+    Json(serde_json::json!({ "shapes": shared.stats.shape_rows() }))
+}
+
+async fn inflight(State(shared): S) -> impl IntoResponse {
+    Json(shared.tracker.snapshot(shared.config.watch.stall_ms))
+}
+
+async fn cursors(State(shared): S) -> impl IntoResponse {
+    Json(shared.cursors.snapshot())
 }

@@ -100,6 +100,14 @@ pub struct WatchConfig {
     pub stall_ms: u64,
     /// Bound on distinct label sets in histograms; past it values fold into "other".
     pub max_series: usize,
+    /// A cursor idle longer than this is reported as leaked (the server's
+    /// own reaper uses 10 minutes).
+    pub cursor_idle_ms: u64,
+    /// Show literal values (comments that are not strings, filters) in
+    /// events and endpoints. Off: only names and shapes appear.
+    pub log_values: bool,
+    /// Log `started`/`succeeded` for every command (debug level).
+    pub command_log: bool,
 }
 
 impl Default for WatchConfig {
@@ -108,6 +116,9 @@ impl Default for WatchConfig {
             slow_ms: 100,
             stall_ms: 5_000,
             max_series: 1_000,
+            cursor_idle_ms: 600_000,
+            log_values: false,
+            command_log: false,
         }
     }
 }

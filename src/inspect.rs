@@ -13,7 +13,7 @@ pub enum Message<'a> {
     Query(OpQuery<'a>),
     Reply(OpReply<'a>),
     /// An opcode mongotap does not parse; forwarded as-is.
-    Unknown(i32),
+    Unknown,
 }
 
 /// Parses `frame` and hands the result to `f`. `compressed` tells `f` which
@@ -47,6 +47,6 @@ fn parse(message: &[u8], op_code: OpCode) -> Result<Message<'_>, DecodeError> {
                 opcode: op_code.as_i32(),
             })
         }
-        OpCode::Other(code) => Message::Unknown(code),
+        OpCode::Other(_) => Message::Unknown,
     })
 }

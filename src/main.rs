@@ -4,13 +4,20 @@
 
 mod admin;
 mod config;
+mod cursors;
 mod error;
+mod events;
 mod inspect;
 mod logging;
+mod meta;
+mod metrics;
 mod observer;
 mod server;
 mod session;
 mod shared;
+mod stats;
+mod tracker;
+mod watchdog;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};

@@ -1,20 +1,30 @@
 //! Per-frame observation for one connection: requests on the way up,
 //! replies on the way down. Observation only reads the frame; it never
-//! blocks and never changes what is forwarded.
+//! blocks on I/O and never changes what is forwarded.
 
+use crate::cursors::CursorInfo;
+use crate::error::Side;
+use crate::events;
 use crate::inspect::{with_message, Message};
+use crate::meta::{ClientMeta, SummaryCache};
 use crate::session::{ConnId, End};
 use crate::shared::Shared;
-use mongotap_proto::{CommandView, DecodeError};
+use crate::stats::{Sample, SampleBuffer};
+use crate::tracker::Pending;
+use bson::raw::RawBsonRef;
+use mongotap_proto::{CommandView, DecodeError, ReplyView};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// What both directions of one connection need to see.
+/// What both directions of one connection need to see. Both observers run
+/// inside the session's single task, so the mutex is never contended.
 pub struct ConnState {
     pub shared: Arc<Shared>,
     pub id: ConnId,
     /// Requests that expect a reply and have not had their last one yet.
     pending: AtomicUsize,
+    samples: Mutex<SampleBuffer>,
 }
 
 impl ConnState {
@@ -23,6 +33,7 @@ impl ConnState {
             shared,
             id,
             pending: AtomicUsize::new(0),
+            samples: Mutex::new(SampleBuffer::default()),
         }
     }
 
@@ -30,8 +41,54 @@ impl ConnState {
         self.pending.load(Relaxed)
     }
 
-    /// Called once when the session ends.
-    pub fn finish(&self, _end: &End) {}
+    /// Publishes buffered latency samples (called on a timer and at close).
+    pub fn flush(&self) {
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.is_empty() {
+            s.flush(&self.shared.stats);
+        }
+    }
+
+    /// Called once when the session ends: publishes samples and reports
+    /// every command that will now never get its reply, and open cursors.
+    pub fn finish(&self, end: &End) {
+        self.flush();
+        let shared = &self.shared;
+        if self.pending() > 0 {
+            let client_went_first = matches!(
+                end,
+                End::Closed(Side::Client)
+                    | End::Failed(crate::error::SessionError::Decode {
+                        side: Side::Client,
+                        ..
+                    })
+                    | End::Failed(crate::error::SessionError::Io {
+                        side: Side::Client,
+                        ..
+                    })
+            );
+            let now = Instant::now();
+            for p in shared.tracker.drain_conn(self.id.conn) {
+                if p.awaiting {
+                    continue;
+                }
+                if client_went_first {
+                    shared.counters.abandoned.fetch_add(1, Relaxed);
+                    events::abandoned(&p, now);
+                } else {
+                    shared.counters.never_replied.fetch_add(1, Relaxed);
+                    events::never_replied(&p, now, end);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (id, c) in shared.cursors.take_conn(self.id.conn) {
+            if !c.awaiting {
+                shared.counters.cursors_leaked.fetch_add(1, Relaxed);
+                events::cursor_leaked(id, &c, now, "connection closed with the cursor open");
+            }
+        }
+    }
 }
 
 pub trait Observe {
@@ -41,42 +98,121 @@ pub trait Observe {
 
 pub struct RequestObserver<'a> {
     conn: &'a ConnState,
+    meta: Arc<ClientMeta>,
+    handshake_seen: bool,
+    summaries: SummaryCache,
 }
 
 impl<'a> RequestObserver<'a> {
     pub fn new(conn: &'a ConnState) -> Self {
-        RequestObserver { conn }
+        RequestObserver {
+            conn,
+            meta: Arc::new(ClientMeta::default()),
+            handshake_seen: false,
+            summaries: SummaryCache::default(),
+        }
     }
+
+    fn command(
+        &mut self,
+        request_id: i32,
+        view: &CommandView<'_>,
+        expects_reply: bool,
+        db_fallback: &str,
+    ) {
+        let shared = &self.conn.shared;
+        if !self.handshake_seen && view.is_hello() {
+            self.handshake_seen = true;
+            if let Some(meta) = ClientMeta::from_hello(view) {
+                self.meta = Arc::new(meta);
+            }
+        }
+        if !expects_reply {
+            // moreToCome on a request: w:0 writes. No reply will come.
+            shared.counters.fire_and_forget.fetch_add(1, Relaxed);
+            return;
+        }
+        let awaiting = view.is_awaitable_hello()
+            || (view.name == "getMore"
+                && view
+                    .cursor_id
+                    .is_some_and(|id| shared.cursors.is_awaiting(id)));
+        let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
+            || (view.name == "aggregate" && view.stages().next() == Some("$changeStream"));
+        let summary = self.summaries.get(view, db_fallback);
+        let comment = view
+            .comment
+            .and_then(|c| render_comment(c, shared.config.watch.log_values));
+        shared.tracker.insert(Pending {
+            conn: self.conn.id.conn,
+            request_id,
+            client: self.conn.id.client,
+            meta: self.meta.clone(),
+            summary,
+            comment,
+            started: Instant::now(),
+            awaiting,
+            opens_awaiting_cursor,
+            cursor_id: view.cursor_id,
+            killed_cursors: view
+                .cursors
+                .map(|ids| {
+                    ids.into_iter()
+                        .flatten()
+                        .filter_map(mongotap_proto::command::as_i64)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            stall_reports: 0,
+            injected_max_time: false,
+        });
+        self.conn.pending.fetch_add(1, Relaxed);
+        if shared.config.watch.command_log {
+            events::started(self.conn, request_id, view, &self.meta);
+        }
+    }
+}
+
+/// A comment is shown when it is a short string; other types can carry
+/// values, so they only appear with `log_values = true`.
+fn render_comment(c: RawBsonRef<'_>, log_values: bool) -> Option<Arc<str>> {
+    const MAX: usize = 200;
+    let text = match c {
+        RawBsonRef::String(s) => s.to_string(),
+        _ if log_values => format!("{c:?}"),
+        _ => return Some(Arc::from("<non-string comment>")),
+    };
+    let mut end = text.len().min(MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(Arc::from(&text[..end]))
 }
 
 impl Observe for RequestObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<(), DecodeError> {
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
-        let expects_reply = with_message(frame, limit, |_header, _compressor, message| {
-            Ok::<_, DecodeError>(match message {
+        with_message(frame, limit, |header, _compressor, message| {
+            match message {
                 Message::Msg(msg) => {
-                    CommandView::parse(msg.body)?;
-                    !msg.more_to_come()
+                    let view = CommandView::parse(msg.body)?;
+                    self.command(header.request_id, &view, !msg.more_to_come(), "");
                 }
                 Message::Query(q) => {
-                    CommandView::parse(q.command())?;
-                    true
+                    let view = CommandView::parse(q.command())?;
+                    self.command(header.request_id, &view, true, q.db());
                 }
-                Message::Reply(_) => false,
-                Message::Unknown(_) => {
+                Message::Reply(_) => {}
+                Message::Unknown => {
                     self.conn
                         .shared
                         .counters
                         .unknown_opcodes
                         .fetch_add(1, Relaxed);
-                    false
                 }
-            })
-        })??;
-        if expects_reply {
-            self.conn.pending.fetch_add(1, Relaxed);
-        }
-        Ok(())
+            }
+            Ok(())
+        })?
     }
 }
 
@@ -88,34 +224,130 @@ impl<'a> ReplyObserver<'a> {
     pub fn new(conn: &'a ConnState) -> Self {
         ReplyObserver { conn }
     }
+
+    fn reply(&mut self, request_id: i32, response_to: i32, reply: &ReplyView<'_>, more: bool) {
+        let shared = &self.conn.shared;
+        let conn = self.conn.id.conn;
+        let Some(mut p) = shared.tracker.remove(conn, response_to) else {
+            shared.counters.unmatched_replies.fetch_add(1, Relaxed);
+            return;
+        };
+        if more {
+            // Exhaust cursor or streaming hello: the next reply answers
+            // this one. The command stays open until a reply without
+            // moreToCome.
+            p.request_id = request_id;
+            shared.tracker.insert(p);
+            return;
+        }
+        let _ = self
+            .conn
+            .pending
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(p.started);
+        self.track_cursor(&p, reply, now);
+        if let Some(hosts) = reply.hosts {
+            events::warn_replica_set_hosts(shared, hosts);
+        }
+        if p.awaiting {
+            return;
+        }
+        let error = reply.is_error();
+        let micros = elapsed.as_micros() as u64;
+        {
+            let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples.push(
+                Sample {
+                    summary: p.summary.clone(),
+                    meta: p.meta.clone(),
+                    micros,
+                    error,
+                },
+                now,
+                &shared.stats,
+            );
+        }
+        if error {
+            shared.counters.failed.fetch_add(1, Relaxed);
+            events::failed(&p, reply, elapsed);
+        } else if shared.config.watch.command_log {
+            events::succeeded(&p, elapsed);
+        }
+        let slow_ms = shared.config.watch.slow_ms;
+        if elapsed.as_millis() as u64 >= slow_ms || p.stall_reports > 0 {
+            events::slow(&p, elapsed, p.stall_reports > 0);
+        }
+    }
+
+    fn track_cursor(&self, p: &Pending, reply: &ReplyView<'_>, now: Instant) {
+        let cursors = &self.conn.shared.cursors;
+        match &*p.summary.command {
+            "find" | "aggregate" => {
+                if let Some(id) = reply.cursor_id.filter(|&id| id != 0) {
+                    cursors.open(
+                        id,
+                        CursorInfo {
+                            conn: p.conn,
+                            summary: p.summary.clone(),
+                            meta: p.meta.clone(),
+                            awaiting: p.opens_awaiting_cursor,
+                            batches: 1,
+                            documents: reply.batch_len as u64,
+                            get_mores: 0,
+                            opened: now,
+                            last_activity: now,
+                        },
+                    );
+                }
+            }
+            "getMore" => {
+                if let Some(id) = p.cursor_id {
+                    let exhausted = reply.cursor_id == Some(0) || reply.is_failure();
+                    cursors.batch(id, reply.batch_len, exhausted, now);
+                }
+            }
+            "killCursors" => {
+                for id in p.killed_cursors.iter() {
+                    cursors.close(*id);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Observe for ReplyObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<(), DecodeError> {
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
-        let last = with_message(
-            frame,
-            limit,
-            |_header, _compressor, message| match message {
-                Message::Msg(msg) => !msg.more_to_come(),
-                Message::Reply(_) => true,
-                Message::Query(_) => false,
-                Message::Unknown(_) => {
+        with_message(frame, limit, |header, _compressor, message| {
+            match message {
+                Message::Msg(msg) => {
+                    let view = ReplyView::parse(msg.body)?;
+                    self.reply(
+                        header.request_id,
+                        header.response_to,
+                        &view,
+                        msg.more_to_come(),
+                    );
+                }
+                Message::Reply(r) => {
+                    let view = match r.first() {
+                        Some(doc) => ReplyView::parse(doc)?,
+                        None => ReplyView::default(),
+                    };
+                    self.reply(header.request_id, header.response_to, &view, false);
+                }
+                Message::Query(_) => {}
+                Message::Unknown => {
                     self.conn
                         .shared
                         .counters
                         .unknown_opcodes
                         .fetch_add(1, Relaxed);
-                    false
                 }
-            },
-        )?;
-        if last {
-            let _ = self
-                .conn
-                .pending
-                .fetch_update(Relaxed, Relaxed, |p| p.checked_sub(1));
-        }
-        Ok(())
+            }
+            Ok(())
+        })?
     }
 }

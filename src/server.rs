@@ -26,11 +26,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let tasks = TaskTracker::new();
 
-    let admin_addr =
-        match crate::admin::start(shared.clone(), &tasks, shutdown.abort.clone()).await? {
-            Some(addr) => addr.to_string(),
-            None => "disabled".to_string(),
-        };
+    let admin_addr = match crate::admin::start(shared.clone(), shutdown.abort.clone()).await? {
+        Some(addr) => addr.to_string(),
+        None => "disabled".to_string(),
+    };
     info!(
         listen = %listen_addr,
         admin = %admin_addr,
@@ -38,6 +37,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "listening"
     );
     tokio::spawn(wait_for_signal(shutdown.drain.clone()));
+    // Background tasks outlive the drain (stalls during a drain still
+    // matter) and stop on abort; they are not in `tasks`, which the drain
+    // waits on.
+    tokio::spawn(crate::watchdog::run(shared.clone(), shutdown.abort.clone()));
 
     loop {
         // `accept` is cancel-safe: a connection not yet returned stays queued.

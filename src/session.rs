@@ -87,12 +87,17 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: S
     // nothing is lost when another branch wins: the pipes' only await
     // points are `read_buf` (cancel-safe) and `write_all` of a whole chunk.
     let mut draining = false;
+    // Latency samples are published in batches; this bounds how stale
+    // /stats can be for a connection that has gone quiet.
+    let mut flush = tokio::time::interval(crate::stats::FLUSH_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
             r = &mut to_upstream => break End::new(Side::Client, r),
             r = &mut to_client => break End::new(Side::Upstream, r),
             _ = shutdown.abort.cancelled() => break End::Shutdown,
             _ = shutdown.drain.cancelled(), if !draining => draining = true,
+            _ = flush.tick() => conn_state.flush(),
             // While draining, check every few ms whether the last reply is in.
             _ = tokio::time::sleep(Duration::from_millis(5)), if draining => {
                 if conn_state.pending() == 0 {
@@ -206,7 +211,9 @@ where
                 },
             });
         }
-        if first_read {
+        // A whole header tells MongoDB apart from TLS or HTTP (a 790-byte
+        // message starts with the same two bytes as a TLS record).
+        if first_read && buf.len() >= mongotap_proto::HEADER_LEN {
             first_read = false;
             if let Some(source) = sniff::foreign_protocol(&buf) {
                 return Err(SessionError::Decode { side: from, source });
@@ -238,7 +245,12 @@ where
                 .await
                 .map_err(|source| SessionError::Io { side: to, source })?;
         }
-        if let Some(source) = failed {
+        if let Some(mut source) = failed {
+            // An invalid first frame from a client is most often another
+            // protocol: say which, when the bytes show it.
+            if first_read {
+                source = sniff::foreign_protocol(&buf).unwrap_or(source);
+            }
             return Err(SessionError::Decode { side: from, source });
         }
         // Make room for the rest of a partial frame (its length is already

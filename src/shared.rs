@@ -2,7 +2,10 @@
 //! (never a global, so tests can run many proxies in one process).
 
 use crate::config::Config;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use crate::cursors::Cursors;
+use crate::stats::Stats;
+use crate::tracker::Tracker;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Process-wide counters. Only per-connection or rare events touch these;
 /// per-frame numbers are kept in the session and published from there.
@@ -14,19 +17,39 @@ pub struct Counters {
     pub upstream_connect_errors: AtomicU64,
     pub decode_errors: AtomicU64,
     pub unknown_opcodes: AtomicU64,
+    /// Requests with moreToCome (w:0 writes): no reply expected.
+    pub fire_and_forget: AtomicU64,
+    /// Replies whose responseTo matched nothing pending.
+    pub unmatched_replies: AtomicU64,
+    pub stalled: AtomicU64,
+    pub never_replied: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub cursors_leaked: AtomicU64,
+    pub failed: AtomicU64,
+    pub rewrites: AtomicU64,
+    pub capture_dropped: AtomicU64,
 }
 
 pub struct Shared {
     pub config: Config,
     pub counters: Counters,
+    pub tracker: Tracker,
+    pub cursors: Cursors,
+    pub stats: Stats,
+    /// The replica-set discovery warning is logged once per process.
+    pub warned_hosts: AtomicBool,
     next_conn_id: AtomicU64,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Self {
         Shared {
+            stats: Stats::new(config.watch.max_series),
             config,
             counters: Counters::default(),
+            tracker: Tracker::default(),
+            cursors: Cursors::default(),
+            warned_hosts: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
         }
     }

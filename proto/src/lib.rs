@@ -16,12 +16,14 @@ pub mod op_msg;
 pub mod op_query;
 pub mod op_reply;
 mod read;
+pub mod reply;
 pub mod sniff;
 
 pub use command::CommandView;
 pub use error::DecodeError;
 pub use frame::{decode, Frame};
 pub use header::{Header, OpCode, HEADER_LEN};
+pub use reply::ReplyView;
 
 /// The server's `maxMessageSizeBytes`: no legal frame is longer.
 pub const MAX_MESSAGE_LEN: usize = 48_000_000;

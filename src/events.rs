@@ -1,0 +1,225 @@
+//! The log events operators read during an incident. Every event carries
+//! `event` plus the command's identity (conn, request_id, client, app,
+//! driver, command, db, collection, stages); field names follow the
+//! command-monitoring spec where one exists. Values from filters never
+//! appear here: only names and shapes.
+
+use crate::cursors::CursorInfo;
+use crate::meta::ClientMeta;
+use crate::observer::ConnState;
+use crate::session::End;
+use crate::shared::Shared;
+use crate::tracker::Pending;
+use bson::raw::RawArray;
+use mongotap_proto::{CommandView, ReplyView};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Emits a tracing event at `$level` with the identity fields of pending
+/// command `$p`, then any extra fields and the message.
+macro_rules! command_event {
+    ($level:ident, $p:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
+        let p: &Pending = $p;
+        $level!(
+            event = $event,
+            conn = p.conn,
+            request_id = p.request_id,
+            client = %p.client,
+            app = &*p.meta.app,
+            driver = %p.meta.driver_label(),
+            command = &*p.summary.command,
+            db = &*p.summary.db,
+            collection = &*p.summary.collection,
+            stages = &*p.summary.shape,
+            comment = p.comment.as_deref(),
+            $($extra)*
+            $($msg)+
+        )
+    }};
+}
+
+pub fn started(conn: &ConnState, request_id: i32, view: &CommandView<'_>, meta: &ClientMeta) {
+    debug!(
+        event = "started",
+        conn = conn.id.conn,
+        request_id,
+        client = %conn.id.client,
+        app = &*meta.app,
+        command = view.name,
+        db = view.db.unwrap_or(""),
+        collection = view.collection().unwrap_or(""),
+        "started {}", view.name
+    );
+}
+
+pub fn succeeded(p: &Pending, elapsed: Duration) {
+    command_event!(debug, p, "succeeded", { duration_ms = ms(elapsed), }, "succeeded");
+}
+
+pub fn failed(p: &Pending, reply: &ReplyView<'_>, elapsed: Duration) {
+    let code = reply.error_code();
+    let code_name = reply
+        .code_name
+        .unwrap_or_else(|| code.map_or("", code_name));
+    let hint = hint(p, code);
+    command_event!(
+        info,
+        p,
+        "failed",
+        {
+            duration_ms = ms(elapsed),
+            code,
+            code_name,
+            write_errors = reply.write_errors,
+            write_concern_error = reply.write_concern_error.is_some(),
+            hint,
+        },
+        "{} failed with {} {}", p.summary.command, code.unwrap_or(0), code_name
+    );
+}
+
+pub fn slow(p: &Pending, elapsed: Duration, was_stalled: bool) {
+    command_event!(
+        warn,
+        p,
+        "slow",
+        { duration_ms = ms(elapsed), was_stalled, max_time_ms = p.summary.max_time_ms, allow_disk_use = p.summary.allow_disk_use, },
+        "slow {}: {} ms", p.summary.command, ms(elapsed)
+    );
+}
+
+pub fn stalled(p: &Pending, now: Instant) {
+    let age_ms = p.age_ms(now);
+    command_event!(
+        warn,
+        p,
+        "stalled",
+        {
+            age_ms,
+            max_time_ms = p.summary.max_time_ms,
+            allow_disk_use = p.summary.allow_disk_use,
+            report = p.stall_reports,
+            hint = stall_hint(p),
+        },
+        "{} on conn {} has had no reply for {} ms", p.summary.command, p.conn, age_ms
+    );
+}
+
+pub fn never_replied(p: &Pending, now: Instant, end: &End) {
+    let age_ms = p.age_ms(now);
+    let reason = match end {
+        End::Closed(_) => "upstream closed the connection".to_string(),
+        End::Failed(e) => e.to_string(),
+        End::Shutdown => "mongotap shut down".to_string(),
+    };
+    command_event!(
+        warn,
+        p,
+        "never_replied",
+        { age_ms, reason = %reason, },
+        "{} on conn {} will never get a reply: {}", p.summary.command, p.conn, reason
+    );
+}
+
+pub fn abandoned(p: &Pending, now: Instant) {
+    let age_ms = p.age_ms(now);
+    command_event!(
+        info,
+        p,
+        "abandoned",
+        { age_ms, },
+        "client closed conn {} with {} pending for {} ms; closing the upstream connection so the server can kill it",
+        p.conn, p.summary.command, age_ms
+    );
+}
+
+pub fn cursor_leaked(id: i64, c: &CursorInfo, now: Instant, reason: &str) {
+    warn!(
+        event = "cursor_leaked",
+        cursor_id = id,
+        conn = c.conn,
+        app = &*c.meta.app,
+        command = &*c.summary.command,
+        db = &*c.summary.db,
+        collection = &*c.summary.collection,
+        stages = &*c.summary.shape,
+        batches = c.batches,
+        documents = c.documents,
+        get_mores = c.get_mores,
+        age_ms = ms(now.saturating_duration_since(c.opened)),
+        idle_ms = ms(now.saturating_duration_since(c.last_activity)),
+        reason,
+        "cursor {id} left open: {reason}"
+    );
+}
+
+/// Without `directConnection=true`, drivers read `hosts` from hello and
+/// connect to the members directly, bypassing the proxy.
+pub fn warn_replica_set_hosts(shared: &Shared, hosts: &RawArray) {
+    if shared.warned_hosts.swap(true, Relaxed) {
+        return;
+    }
+    let list: Vec<&str> = hosts
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str())
+        .collect();
+    warn!(
+        event = "replica_set_hosts",
+        hosts = ?list,
+        "the upstream is a replica set member: clients without directConnection=true will discover these hosts and connect to them directly, bypassing mongotap"
+    );
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Names for the codes operators meet when an aggregation hangs or fails.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        50 => "MaxTimeMSExpired",
+        146 => "ExceededMemoryLimit",
+        292 => "QueryExceededMemoryLimitNoDiskUseAllowed",
+        43 => "CursorNotFound",
+        11601 => "Interrupted",
+        262 => "ExceededTimeLimit",
+        11000 => "DuplicateKey",
+        13 => "Unauthorized",
+        18 => "AuthenticationFailed",
+        26 => "NamespaceNotFound",
+        59 => "CommandNotFound",
+        _ => "",
+    }
+}
+
+/// A short diagnosis for the failures of a hanging aggregation.
+pub fn hint(p: &Pending, code: Option<i32>) -> Option<String> {
+    match code? {
+        50 => Some(match p.summary.max_time_ms {
+            Some(ms) if p.injected_max_time => format!(
+                "maxTimeMS {ms} was injected by a mongotap rewrite rule; raise the rule's limit or make the query cheaper"
+            ),
+            Some(ms) => format!("the client's own maxTimeMS {ms} expired"),
+            None => "a time limit expired (maxTimeMS or the server's default)".to_string(),
+        }),
+        146 | 292 | 16945 | 16819 => Some(format!(
+            "a stage exceeded its memory limit with allowDiskUse {}; pass allowDiskUse: true, or reduce the data earlier with $match/$project",
+            match p.summary.allow_disk_use {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "absent",
+            }
+        )),
+        _ => None,
+    }
+}
+
+fn stall_hint(p: &Pending) -> Option<&'static str> {
+    p.summary
+        .stages
+        .iter()
+        .any(|s| &**s == "$lookup" || &**s == "$graphLookup")
+        .then_some("the pipeline has $lookup/$graphLookup: check that the foreign field is indexed and has the same type as the local field")
+}

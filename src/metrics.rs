@@ -1,0 +1,222 @@
+//! `/metrics` in the Prometheus text format: a classic histogram built from
+//! the HDR histograms at scrape time, plus the counters and gauges.
+
+use crate::shared::Shared;
+use crate::stats::Series;
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Upper bounds in seconds: database latency from 100 µs to 60 s.
+const BUCKETS_S: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+struct ProxyCollector(Arc<Shared>);
+
+impl std::fmt::Debug for ProxyCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyCollector")
+    }
+}
+
+/// Per-bucket (not cumulative) counts of `h`, with the +Inf bucket last.
+fn bucket_counts(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = BUCKETS_S.iter().map(|&b| (b, 0)).collect();
+    out.push((f64::INFINITY, 0));
+    for v in h.iter_recorded() {
+        let secs = h.highest_equivalent(v.value_iterated_to()) as f64 / 1e6;
+        let i = BUCKETS_S.partition_point(|&b| b < secs);
+        out[i].1 += v.count_at_value();
+    }
+    out
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn histogram_family(
+    enc: &mut DescriptorEncoder,
+    series: &std::collections::HashMap<crate::stats::SeriesKey, Series>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(
+        "mongotap_command_duration",
+        "Command latency as seen on the wire, from the whole request to the whole (last) reply",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (k, s) in series {
+        for (outcome, h, sum_us) in [("ok", &s.ok, s.sum_ok_us), ("error", &s.err, s.sum_err_us)] {
+            if h.is_empty() {
+                continue;
+            }
+            let labels = [
+                ("command", &*k.command),
+                ("db", &*k.db),
+                ("collection", &*k.collection),
+                ("app", &*k.app),
+                ("outcome", outcome),
+            ];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum_us as f64 / 1e6,
+                    h.len(),
+                    &bucket_counts(h),
+                    None,
+                )?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let c = &s.counters;
+        s.stats
+            .with_commands(|series| histogram_family(&mut enc, series))?;
+        gauge(
+            &mut enc,
+            "mongotap_inflight_commands",
+            "Commands waiting for a reply (awaitable hello and awaitData getMore excluded)",
+            s.tracker.inflight_count() as i64,
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_stalled_commands",
+            "Stalled-command reports (a command pending longer than stall_ms; repeats counted)",
+            c.stalled.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_never_replied",
+            "Commands whose upstream connection closed before the reply",
+            c.never_replied.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_abandoned",
+            "Commands whose client closed the connection before the reply",
+            c.abandoned.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_failed_commands",
+            "Replies with ok: 0, writeErrors or writeConcernError",
+            c.failed.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_rewrites",
+            "Commands rewritten by rewrite rules",
+            c.rewrites.load(Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "mongotap_connections_active",
+            "Client connections open now",
+            c.connections_active.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_connections",
+            "Client connections accepted",
+            c.connections_total.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_connections_refused",
+            "Client connections refused at max_connections",
+            c.connections_refused.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_upstream_connect_errors",
+            "Failed connections to the upstream",
+            c.upstream_connect_errors.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_decode_errors",
+            "Malformed frames (each closed its connection)",
+            c.decode_errors.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_unknown_opcodes",
+            "Frames with an opcode mongotap does not parse (forwarded)",
+            c.unknown_opcodes.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_fire_and_forget",
+            "Requests with moreToCome (w:0): no reply expected",
+            c.fire_and_forget.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_unmatched_replies",
+            "Replies whose responseTo matched no pending request",
+            c.unmatched_replies.load(Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "mongotap_cursors_open",
+            "Cursors open on the upstream",
+            s.cursors.len() as i64,
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_cursors_leaked",
+            "Cursors left open when their connection closed, or idle past cursor_idle_ms",
+            c.cursors_leaked.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_series_folded",
+            "Samples whose labels were folded into \"other\" at max_series",
+            s.stats.folded.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_capture_dropped",
+            "Capture records dropped because the writer fell behind",
+            c.capture_dropped.load(Relaxed),
+        )?;
+        Ok(())
+    }
+}
+
+pub fn render(shared: Arc<Shared>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProxyCollector(shared)));
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
