@@ -26,6 +26,44 @@ pub struct Config {
     pub admin: AdminConfig,
     pub watch: WatchConfig,
     pub log: LogConfig,
+    pub rewrite: RewriteConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewriteMode {
+    /// Rules are ignored.
+    #[default]
+    Off,
+    /// Log what each rule would change; forward the original bytes.
+    DryRun,
+    /// Rewrite the commands.
+    Enforce,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteConfig {
+    pub mode: RewriteMode,
+    /// Rules in order; the first that matches a command wins.
+    pub rule: Vec<RewriteRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteRule {
+    /// Command names the rule applies to, e.g. ["aggregate", "find"].
+    pub commands: Vec<String>,
+    /// Globs on "db.collection"; default ["*"].
+    pub namespaces: Vec<String>,
+    /// Globs on the handshake's appName; empty means every app.
+    pub apps: Vec<String>,
+    /// Injected when the command has no maxTimeMS.
+    pub default_max_time_ms: Option<u64>,
+    /// Larger values (and 0, unlimited) are lowered to this.
+    pub max_time_ms_cap: Option<u64>,
+    /// Set allowDiskUse: true when absent, where the command accepts it.
+    pub allow_disk_use: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +236,37 @@ impl Config {
                     ))
                 }
                 Ok(_) => {}
+            }
+        }
+        for (i, rule) in self.rewrite.rule.iter().enumerate() {
+            let n = i + 1;
+            if rule.commands.is_empty() {
+                return bad(format!("rewrite.rule #{n}: `commands` is empty; name the commands it applies to, e.g. [\"aggregate\", \"find\"]"));
+            }
+            if let Some(c) = rule
+                .commands
+                .iter()
+                .find(|c| mongotap_proto::rewrite::never_rewrite(c))
+            {
+                return bad(format!(
+                    "rewrite.rule #{n}: mongotap never rewrites `{c}`; remove it from `commands`"
+                ));
+            }
+            if rule.default_max_time_ms.is_none()
+                && rule.max_time_ms_cap.is_none()
+                && !rule.allow_disk_use
+            {
+                return bad(format!("rewrite.rule #{n} has no action: set default_max_time_ms, max_time_ms_cap or allow_disk_use"));
+            }
+            if rule.default_max_time_ms == Some(0) || rule.max_time_ms_cap == Some(0) {
+                return bad(format!("rewrite.rule #{n}: a time limit of 0 means unlimited; use a positive number of milliseconds"));
+            }
+            if let (Some(d), Some(c)) = (rule.default_max_time_ms, rule.max_time_ms_cap) {
+                if d > c {
+                    return bad(format!(
+                        "rewrite.rule #{n}: default_max_time_ms {d} is above max_time_ms_cap {c}"
+                    ));
+                }
             }
         }
         if self.watch.stall_ms == 0 {

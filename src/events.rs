@@ -53,6 +53,41 @@ pub fn started(conn: &ConnState, request_id: i32, view: &CommandView<'_>, meta: 
     );
 }
 
+pub fn rewritten(
+    conn: &ConnState,
+    request_id: i32,
+    view: &CommandView<'_>,
+    meta: &ClientMeta,
+    changes: &[mongotap_proto::rewrite::FieldChange],
+    dry_run: bool,
+) {
+    let what = crate::rewrite::describe(changes);
+    macro_rules! emit {
+        ($level:ident) => {
+            $level!(
+                event = "rewritten",
+                conn = conn.id.conn,
+                request_id,
+                client = %conn.id.client,
+                app = &*meta.app,
+                command = view.name,
+                db = view.db.unwrap_or(""),
+                collection = view.collection().unwrap_or(""),
+                changes = %what,
+                dry_run,
+                "{}{} {what}", if dry_run { "dry-run: would rewrite " } else { "rewrote " }, view.name
+            )
+        };
+    }
+    // Dry-run exists to be read, so it logs at info; enforced rewrites are
+    // routine and log at debug.
+    if dry_run {
+        emit!(info);
+    } else {
+        emit!(debug);
+    }
+}
+
 pub fn succeeded(p: &Pending, elapsed: Duration) {
     command_event!(debug, p, "succeeded", { duration_ms = ms(elapsed), }, "succeeded");
 }

@@ -12,6 +12,7 @@ mod logging;
 mod meta;
 mod metrics;
 mod observer;
+mod rewrite;
 mod server;
 mod session;
 mod shared;
@@ -163,5 +164,5 @@ fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
         }
     }
     .context("cannot start the tokio runtime")?;
-    runtime.block_on(server::run(cfg))
+    runtime.block_on(server::run(cfg, args.config.clone()))
 }

@@ -60,7 +60,7 @@ impl ClientMeta {
 
 /// The parts of a command that tracking and stats keep: names only, never
 /// values from filters.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandSummary {
     pub command: Arc<str>,
     pub db: Arc<str>,

@@ -94,6 +94,34 @@ fn histogram_family(
     Ok(())
 }
 
+/// `mongotap_rewrites_total{command,field}` (enforced) and the same for
+/// dry-run as `mongotap_rewrites_dry_run_total`.
+fn rewrites(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Error> {
+    for (dry_run, name, help) in [
+        (
+            false,
+            "mongotap_rewrites",
+            "Fields rewritten by rewrite rules",
+        ),
+        (
+            true,
+            "mongotap_rewrites_dry_run",
+            "Fields a dry-run rewrite rule would have rewritten",
+        ),
+    ] {
+        let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for e in s.rewrite_counts.iter() {
+            let (command, field, dry) = e.key();
+            if *dry != dry_run {
+                continue;
+            }
+            let labels = [("command", command.as_str()), ("field", *field)];
+            ConstCounter::new(*e.value()).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for ProxyCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
@@ -130,12 +158,7 @@ impl Collector for ProxyCollector {
             "Replies with ok: 0, writeErrors or writeConcernError",
             c.failed.load(Relaxed),
         )?;
-        counter(
-            &mut enc,
-            "mongotap_rewrites",
-            "Commands rewritten by rewrite rules",
-            c.rewrites.load(Relaxed),
-        )?;
+        rewrites(&mut enc, s)?;
         gauge(
             &mut enc,
             "mongotap_connections_active",

@@ -2,6 +2,7 @@
 //! replies on the way down. Observation only reads the frame; it never
 //! blocks on I/O and never changes what is forwarded.
 
+use crate::config::RewriteMode;
 use crate::cursors::CursorInfo;
 use crate::error::Side;
 use crate::events;
@@ -12,7 +13,11 @@ use crate::shared::Shared;
 use crate::stats::{Sample, SampleBuffer};
 use crate::tracker::Pending;
 use bson::raw::RawBsonRef;
-use mongotap_proto::{CommandView, DecodeError, ReplyView};
+use bson::RawDocument;
+use mongotap_proto::op_compressed::{self, Compressor};
+use mongotap_proto::op_msg::{self, OpMsg};
+use mongotap_proto::rewrite::{self, Rewritten};
+use mongotap_proto::{CommandView, DecodeError, Header, ReplyView};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -92,8 +97,9 @@ impl ConnState {
 }
 
 pub trait Observe {
-    /// Looks at one whole frame. An error closes the connection.
-    fn observe(&mut self, frame: &[u8]) -> Result<(), DecodeError>;
+    /// Looks at one whole frame. `Ok(Some(bytes))` replaces the frame with
+    /// a rewritten one; an error closes the connection.
+    fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError>;
 }
 
 pub struct RequestObserver<'a> {
@@ -119,6 +125,7 @@ impl<'a> RequestObserver<'a> {
         view: &CommandView<'_>,
         expects_reply: bool,
         db_fallback: &str,
+        rewritten: Option<&Rewritten>,
     ) {
         let shared = &self.conn.shared;
         if !self.handshake_seen && view.is_hello() {
@@ -139,7 +146,22 @@ impl<'a> RequestObserver<'a> {
                     .is_some_and(|id| shared.cursors.is_awaiting(id)));
         let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
             || (view.name == "aggregate" && view.stages().next() == Some("$changeStream"));
-        let summary = self.summaries.get(view, db_fallback);
+        let mut summary = self.summaries.get(view, db_fallback);
+        let mut injected_max_time = false;
+        if let Some(rw) = rewritten.filter(|rw| !rw.changes.is_empty()) {
+            // The tracker shows the limits in force, not the client's.
+            let mut s = (*summary).clone();
+            for c in &rw.changes {
+                match c.field {
+                    "maxTimeMS" => {
+                        s.max_time_ms = Some(c.after);
+                        injected_max_time = true;
+                    }
+                    _ => s.allow_disk_use = Some(true),
+                }
+            }
+            summary = Arc::new(s);
+        }
         let comment = view
             .comment
             .and_then(|c| render_comment(c, shared.config.watch.log_values));
@@ -164,7 +186,7 @@ impl<'a> RequestObserver<'a> {
                 })
                 .unwrap_or_default(),
             stall_reports: 0,
-            injected_max_time: false,
+            injected_max_time,
         });
         self.conn.pending.fetch_add(1, Relaxed);
         if shared.config.watch.command_log {
@@ -190,29 +212,111 @@ fn render_comment(c: RawBsonRef<'_>, log_values: bool) -> Option<Arc<str>> {
 }
 
 impl Observe for RequestObserver<'_> {
-    fn observe(&mut self, frame: &[u8]) -> Result<(), DecodeError> {
+    fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
-        with_message(frame, limit, |header, _compressor, message| {
-            match message {
-                Message::Msg(msg) => {
-                    let view = CommandView::parse(msg.body)?;
-                    self.command(header.request_id, &view, !msg.more_to_come(), "");
-                }
-                Message::Query(q) => {
-                    let view = CommandView::parse(q.command())?;
-                    self.command(header.request_id, &view, true, q.db());
-                }
-                Message::Reply(_) => {}
-                Message::Unknown => {
-                    self.conn
-                        .shared
-                        .counters
-                        .unknown_opcodes
-                        .fetch_add(1, Relaxed);
-                }
+        with_message(frame, limit, |header, compressor, message| match message {
+            Message::Msg(msg) => {
+                let view = CommandView::parse(msg.body)?;
+                let rewritten = self.rewrite(header, compressor, &msg, &view)?;
+                let applied = rewritten.as_ref().map(|(_, rw)| rw);
+                self.command(header.request_id, &view, !msg.more_to_come(), "", applied);
+                Ok(rewritten.map(|(bytes, _)| bytes))
             }
-            Ok(())
+            Message::Query(q) => {
+                let view = CommandView::parse(q.command())?;
+                self.command(header.request_id, &view, true, q.db(), None);
+                Ok(None)
+            }
+            Message::Reply(_) => Ok(None),
+            Message::Unknown => {
+                self.conn
+                    .shared
+                    .counters
+                    .unknown_opcodes
+                    .fetch_add(1, Relaxed);
+                Ok(None)
+            }
         })?
+    }
+}
+
+impl RequestObserver<'_> {
+    /// Applies the first matching rewrite rule. Returns the new frame and
+    /// what changed, or `None` to forward the original bytes. Unknown
+    /// optional flag bits are cleared here too (they need a re-encode).
+    fn rewrite(
+        &self,
+        header: &Header,
+        compressor: Option<Compressor>,
+        msg: &OpMsg<'_>,
+        view: &CommandView<'_>,
+    ) -> Result<Option<(Vec<u8>, Rewritten)>, DecodeError> {
+        let shared = &self.conn.shared;
+        let policy = shared.policy.load();
+        let db = view.db.unwrap_or("");
+        let collection = view.collection().unwrap_or("");
+        // `{explain: {aggregate: ...}}` is governed by the rule for the
+        // command it explains.
+        let explained = view.explain_view();
+        let name = explained.as_ref().map_or(view.name, |e| e.name);
+        let rule = policy.matching(name, db, collection, &self.meta.app);
+        let rewritten = match rule {
+            Some(rule) => rewrite::rewrite(view, &rule.limits)?,
+            None => None,
+        };
+        let unknown_flags = msg.unknown_optional_flags();
+        if rewritten.is_none() && unknown_flags == 0 {
+            return Ok(None);
+        }
+        let dry_run = policy.mode == RewriteMode::DryRun;
+        if let Some(rw) = &rewritten {
+            shared.count_rewrite(view.name, &rw.changes, dry_run);
+            events::rewritten(
+                self.conn,
+                header.request_id,
+                view,
+                &self.meta,
+                &rw.changes,
+                dry_run,
+            );
+            if dry_run && unknown_flags == 0 {
+                return Ok(None);
+            }
+        }
+        let owned_body;
+        let body = match (&rewritten, dry_run) {
+            (Some(rw), false) => {
+                owned_body = rw.body.as_slice();
+                RawDocument::from_bytes(owned_body).map_err(|e| DecodeError::InvalidBson {
+                    opcode: "OP_MSG",
+                    what: "rewritten body",
+                    reason: e.to_string(),
+                })?
+            }
+            _ => msg.body,
+        };
+        let flags = msg.flags & !unknown_flags;
+        let mut bytes = op_msg::encode(
+            header.request_id,
+            header.response_to,
+            flags,
+            body,
+            &msg.sequences,
+        );
+        if let Some(c) = compressor {
+            match op_compressed::compress(&bytes, c) {
+                Ok(b) => bytes = b,
+                // In-memory compression does not fail in practice; if it
+                // does, the original bytes are the safe thing to send.
+                Err(_) => return Ok(None),
+            }
+        }
+        let applied = rewritten.filter(|_| !dry_run).unwrap_or_else(|| Rewritten {
+            body: Vec::new(),
+            changes: Vec::new(),
+            max_time_ms: view.max_time_ms,
+        });
+        Ok(Some((bytes, applied)))
     }
 }
 
@@ -318,7 +422,7 @@ impl<'a> ReplyObserver<'a> {
 }
 
 impl Observe for ReplyObserver<'_> {
-    fn observe(&mut self, frame: &[u8]) -> Result<(), DecodeError> {
+    fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
         with_message(frame, limit, |header, _compressor, message| {
             match message {
@@ -347,7 +451,7 @@ impl Observe for ReplyObserver<'_> {
                         .fetch_add(1, Relaxed);
                 }
             }
-            Ok(())
+            Ok(None)
         })?
     }
 }

@@ -3,9 +3,11 @@
 //! deadline, then returns.
 
 use crate::config::Config;
+use crate::rewrite::Policy;
 use crate::session::{self, ConnId, Shutdown};
 use crate::shared::Shared;
 use anyhow::Context;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
@@ -37,6 +39,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "listening"
     );
     tokio::spawn(wait_for_signal(shutdown.drain.clone()));
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_hangup(
+            shared.clone(),
+            path,
+            shutdown.abort.clone(),
+        ));
+    }
     // Background tasks outlive the drain (stalls during a drain still
     // matter) and stop on abort; they are not in `tasks`, which the drain
     // waits on.
@@ -94,6 +103,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP re-reads the config file and swaps in its rewrite rules. An
+/// invalid file is rejected with the reason, and the rules in force stay.
+/// Other settings (addresses, limits) need a restart.
+async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; config reload is off");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.cancelled() => return,
+        }
+        let loaded = Config::from_file(&path).and_then(|c| c.validate().map(|()| c));
+        match loaded {
+            Ok(cfg) => {
+                shared.policy.store(Arc::new(Policy::compile(&cfg.rewrite)));
+                info!(
+                    event = "config_reloaded",
+                    path = %path.display(),
+                    rules = cfg.rewrite.rule.len(),
+                    "reloaded rewrite rules from {}", path.display()
+                );
+            }
+            Err(e) => warn!(
+                event = "config_reload_failed",
+                path = %path.display(),
+                error = %e,
+                "config reload rejected, the previous rules stay in force: {e}"
+            ),
+        }
+    }
 }
 
 async fn wait_for_signal(drain: CancellationToken) {

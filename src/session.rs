@@ -7,7 +7,7 @@
 use crate::error::{SessionError, Side};
 use crate::observer::{Observe, ReplyObserver, RequestObserver};
 use crate::shared::Shared;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use mongotap_proto::{frame, sniff, DecodeError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -225,7 +225,24 @@ where
         loop {
             match frame::complete_len(&buf[ready..], limit) {
                 Ok(Some(len)) => match observer.observe(&buf[ready..ready + len]) {
-                    Ok(()) => ready += len,
+                    Ok(None) => ready += len,
+                    Ok(Some(replacement)) => {
+                        // Forward the frames before it as they are, then the
+                        // rewritten frame in place of the original.
+                        if ready > 0 {
+                            let chunk = buf.split_to(ready).freeze();
+                            ready = 0;
+                            writer
+                                .write_all(&chunk)
+                                .await
+                                .map_err(|source| SessionError::Io { side: to, source })?;
+                        }
+                        buf.advance(len);
+                        writer
+                            .write_all(&replacement)
+                            .await
+                            .map_err(|source| SessionError::Io { side: to, source })?;
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;

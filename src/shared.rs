@@ -3,8 +3,12 @@
 
 use crate::config::Config;
 use crate::cursors::Cursors;
+use crate::rewrite::Policy;
 use crate::stats::Stats;
 use crate::tracker::Tracker;
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use mongotap_proto::rewrite::FieldChange;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Process-wide counters. Only per-connection or rare events touch these;
@@ -36,6 +40,10 @@ pub struct Shared {
     pub tracker: Tracker,
     pub cursors: Cursors,
     pub stats: Stats,
+    /// The compiled rewrite rules; replaced whole on SIGHUP.
+    pub policy: ArcSwap<Policy>,
+    /// Rewrites by (command, field, dry_run), for /metrics.
+    pub rewrite_counts: DashMap<(String, &'static str, bool), u64>,
     /// The replica-set discovery warning is logged once per process.
     pub warned_hosts: AtomicBool,
     next_conn_id: AtomicU64,
@@ -45,6 +53,8 @@ impl Shared {
     pub fn new(config: Config) -> Self {
         Shared {
             stats: Stats::new(config.watch.max_series),
+            policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
+            rewrite_counts: DashMap::new(),
             config,
             counters: Counters::default(),
             tracker: Tracker::default(),
@@ -56,6 +66,18 @@ impl Shared {
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Relaxed)
+    }
+
+    pub fn count_rewrite(&self, command: &str, changes: &[FieldChange], dry_run: bool) {
+        for c in changes {
+            *self
+                .rewrite_counts
+                .entry((command.to_string(), c.field, dry_run))
+                .or_insert(0) += 1;
+        }
+        if !dry_run {
+            self.counters.rewrites.fetch_add(1, Relaxed);
+        }
     }
 
     /// Counts a connection as active until the guard is dropped.

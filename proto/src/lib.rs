@@ -17,6 +17,7 @@ pub mod op_query;
 pub mod op_reply;
 mod read;
 pub mod reply;
+pub mod rewrite;
 pub mod sniff;
 
 pub use command::CommandView;
