@@ -1,0 +1,155 @@
+//! Shared pieces of the two benchmark binaries: a tiny flag parser and the
+//! runtime-flavour switch.
+//!
+//! The flag parser is hand-rolled on purpose: the binaries take a handful of
+//! flags, and pulling clap into this package would change the workspace's
+//! Cargo.lock, which another crate owns.
+
+use anyhow::{anyhow, bail, Context};
+use std::str::FromStr;
+
+/// One command-line flag a binary accepts.
+pub struct Flag {
+    /// The long name, without the leading `--`.
+    pub name: &'static str,
+    /// `Some(placeholder)` when the flag takes a value, `None` for a switch.
+    pub value: Option<&'static str>,
+    /// One line for `--help`.
+    pub help: &'static str,
+}
+
+/// The flags given on the command line, validated against a spec.
+pub struct Flags {
+    given: Vec<(&'static str, Option<String>)>,
+}
+
+impl Flags {
+    /// Parses `args` (without the program name). Accepts `--name value` and
+    /// `--name=value`. Prints usage and exits on `--help`.
+    pub fn parse(
+        usage: &str,
+        spec: &'static [Flag],
+        args: impl IntoIterator<Item = String>,
+    ) -> anyhow::Result<Flags> {
+        let mut args = args.into_iter();
+        let mut given = Vec::new();
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                print_usage(usage, spec);
+                std::process::exit(0);
+            }
+            let Some(stripped) = arg.strip_prefix("--") else {
+                bail!("unexpected argument {arg:?} (see --help)");
+            };
+            let (name, inline) = match stripped.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (stripped, None),
+            };
+            let flag = spec
+                .iter()
+                .find(|f| f.name == name)
+                .ok_or_else(|| anyhow!("unknown flag --{name} (see --help)"))?;
+            let value = match (flag.value, inline) {
+                (Some(_), Some(v)) => Some(v),
+                (Some(ph), None) => Some(
+                    args.next()
+                        .ok_or_else(|| anyhow!("--{name} needs a value ({ph})"))?,
+                ),
+                (None, Some(_)) => bail!("--{name} takes no value"),
+                (None, None) => None,
+            };
+            given.push((flag.name, value));
+        }
+        Ok(Flags { given })
+    }
+
+    /// True when the switch `name` was given.
+    pub fn has(&self, name: &str) -> bool {
+        self.given.iter().any(|(n, _)| *n == name)
+    }
+
+    /// The last value given for `name`, parsed; `None` when absent.
+    pub fn get<T>(&self, name: &str) -> anyhow::Result<Option<T>>
+    where
+        T: FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        let raw = self
+            .given
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.as_deref());
+        raw.map(|v| {
+            v.parse::<T>()
+                .with_context(|| format!("bad value for --{name}: {v:?}"))
+        })
+        .transpose()
+    }
+
+    /// Like [`Flags::get`], but the flag must be present.
+    pub fn require<T>(&self, name: &str) -> anyhow::Result<T>
+    where
+        T: FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.get(name)?
+            .ok_or_else(|| anyhow!("--{name} is required (see --help)"))
+    }
+}
+
+fn print_usage(usage: &str, spec: &[Flag]) {
+    println!("{usage}\n\nOptions:");
+    for f in spec {
+        let left = match f.value {
+            Some(ph) => format!("--{} {ph}", f.name),
+            None => format!("--{}", f.name),
+        };
+        println!("  {left:<28} {}", f.help);
+    }
+}
+
+/// Which tokio runtime a binary runs on.
+///
+/// The benchmark machine has two cores shared by the load client, the proxy
+/// under test and the upstream, so both helpers default to a single thread:
+/// extra worker threads would only steal CPU from the process being measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Current,
+    Multi,
+}
+
+/// An unknown `--runtime` value.
+#[derive(Debug)]
+pub struct FlavorError(String);
+
+impl std::fmt::Display for FlavorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown runtime {:?}: expected current or multi", self.0)
+    }
+}
+
+impl std::error::Error for FlavorError {}
+
+impl FromStr for Flavor {
+    type Err = FlavorError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "current" | "current-thread" => Ok(Flavor::Current),
+            "multi" | "multi-thread" => Ok(Flavor::Multi),
+            other => Err(FlavorError(other.to_string())),
+        }
+    }
+}
+
+impl Flavor {
+    /// Builds the runtime with I/O and timers enabled.
+    pub fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self {
+            Flavor::Current => tokio::runtime::Builder::new_current_thread(),
+            Flavor::Multi => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
+    }
+}
