@@ -1,0 +1,298 @@
+//! A scripted MongoDB upstream, for what a real server will not do on
+//! demand: never reply, stream exhaust or hello replies, answer compressed
+//! or checksummed, or fail with a chosen code. It records every frame it
+//! receives, byte for byte, so tests can assert what mongotap forwarded.
+
+#![allow(dead_code)]
+
+use bson::{rawdoc, RawDocumentBuf};
+use bytes::BytesMut;
+use mongotap_proto::op_compressed::{self, Compressor};
+use mongotap_proto::{op_msg, op_query, Header, OpCode, MAX_MESSAGE_LEN};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One frame as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub header: Header,
+    /// Every byte of the frame as it arrived.
+    pub raw: Vec<u8>,
+    /// The command document (decompressed; OP_QUERY's query), when there is one.
+    pub command: Option<RawDocumentBuf>,
+    pub compressor: Option<Compressor>,
+    /// OP_MSG flag bits (of the decompressed message).
+    pub flags: u32,
+    /// Which connection (0, 1, ... in accept order).
+    pub conn: usize,
+}
+
+impl Received {
+    pub fn name(&self) -> String {
+        self.command
+            .as_ref()
+            .and_then(|c| c.iter().next()?.ok().map(|(k, _)| k.as_str().to_string()))
+            .unwrap_or_default()
+    }
+}
+
+/// What the upstream does in answer to one request, in order.
+pub enum Step {
+    Send(Vec<u8>),
+    Sleep(Duration),
+    /// Close the connection.
+    Close,
+}
+
+pub type Script = Arc<dyn Fn(&Received) -> Vec<Step> + Send + Sync>;
+
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+static NEXT_ID: AtomicI32 = AtomicI32::new(1_000_000);
+
+/// A fresh requestID for a reply.
+pub fn next_id() -> i32 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Scripted {
+    pub async fn start(
+        script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static,
+    ) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind scripted");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Script = Arc::new(script);
+        let sink = received.clone();
+        let task = tokio::spawn(async move {
+            let mut conn = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, conn, script.clone(), sink.clone()));
+                conn += 1;
+            }
+        });
+        Scripted {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    /// Answers hello and every other command with a plain success.
+    pub async fn ok() -> Scripted {
+        Scripted::start(default_reply).await
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Waits until a frame matching `pred` has arrived.
+    pub async fn wait_for(&self, pred: impl Fn(&Received) -> bool, timeout: Duration) -> Received {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.received().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("scripted upstream never received the expected frame");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    conn: usize,
+    script: Script,
+    sink: Arc<Mutex<Vec<Received>>>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let frame = loop {
+            match mongotap_proto::decode(&mut buf, MAX_MESSAGE_LEN) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let received = describe(&frame.bytes, conn);
+        sink.lock().expect("lock").push(received.clone());
+        for step in script(&received) {
+            match step {
+                Step::Send(bytes) => {
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Sleep(d) => tokio::time::sleep(d).await,
+                Step::Close => return,
+            }
+        }
+    }
+}
+
+fn describe(raw: &[u8], conn: usize) -> Received {
+    let mut header = Header::parse(raw).expect("header");
+    let mut compressor = None;
+    let message = if header.op_code == OpCode::Compressed {
+        compressor = Some(
+            op_compressed::parse(raw, MAX_MESSAGE_LEN)
+                .expect("compressed")
+                .compressor,
+        );
+        let inner = op_compressed::decompress(raw, MAX_MESSAGE_LEN).expect("decompress");
+        header = Header::parse(&inner).expect("inner header");
+        inner
+    } else {
+        raw.to_vec()
+    };
+    let (command, flags) = match header.op_code {
+        OpCode::Msg => match op_msg::parse(&message) {
+            Ok(m) => (Some(m.body.to_owned()), m.flags),
+            Err(_) => (None, 0),
+        },
+        OpCode::Query => match op_query::parse(&message) {
+            Ok(q) => (Some(q.command().to_owned()), 0),
+            Err(_) => (None, 0),
+        },
+        _ => (None, 0),
+    };
+    Received {
+        header,
+        raw: raw.to_vec(),
+        command,
+        compressor,
+        flags,
+        conn,
+    }
+}
+
+/// An OP_MSG with the given ids and flags.
+pub fn msg(request_id: i32, response_to: i32, flags: u32, body: &RawDocumentBuf) -> Vec<u8> {
+    op_msg::encode(request_id, response_to, flags, body, &[])
+}
+
+/// An OP_MSG reply to `req`.
+pub fn reply(req: &Received, body: &RawDocumentBuf) -> Vec<u8> {
+    msg(next_id(), req.header.request_id, 0, body)
+}
+
+/// The hello reply of a standalone server that speaks OP_MSG.
+pub fn hello_reply_doc() -> RawDocumentBuf {
+    rawdoc! {
+        "isWritablePrimary": true,
+        "ismaster": true,
+        "maxBsonObjectSize": 16_777_216,
+        "maxMessageSizeBytes": 48_000_000,
+        "maxWriteBatchSize": 100_000,
+        "minWireVersion": 0,
+        "maxWireVersion": 21,
+        "ok": 1.0,
+    }
+}
+
+/// hello gets a hello reply; everything else `{ok: 1}`.
+pub fn default_reply(req: &Received) -> Vec<Step> {
+    let body = match req.name().as_str() {
+        "hello" | "isMaster" | "ismaster" => hello_reply_doc(),
+        _ => rawdoc! { "ok": 1.0 },
+    };
+    if req.header.op_code == OpCode::Query {
+        return vec![Step::Send(legacy_reply(req, &body))];
+    }
+    if req.flags & op_msg::MORE_TO_COME != 0 {
+        return vec![];
+    }
+    vec![Step::Send(reply(req, &body))]
+}
+
+/// An OP_REPLY carrying one document, answering an OP_QUERY.
+pub fn legacy_reply(req: &Received, body: &RawDocumentBuf) -> Vec<u8> {
+    mongotap_proto::op_reply::encode(
+        next_id(),
+        req.header.request_id,
+        &mongotap_proto::op_reply::OpReply {
+            response_flags: 0,
+            cursor_id: 0,
+            starting_from: 0,
+            number_returned: 1,
+            documents: body.as_bytes(),
+        },
+    )
+}
+
+/// A raw-socket client: sends frames and reads whole frames back.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let _ = stream.set_nodelay(true);
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// The next whole frame, or `None` when the connection closes or
+    /// `timeout` passes.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(f)) = mongotap_proto::decode(&mut self.buf, MAX_MESSAGE_LEN) {
+                return Some(f.bytes.to_vec());
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Sends a command and returns the reply body.
+    pub async fn command(&mut self, body: &RawDocumentBuf) -> RawDocumentBuf {
+        let id = next_id();
+        self.send(&msg(id, 0, 0, body)).await;
+        let frame = self.recv(Duration::from_secs(10)).await.expect("reply");
+        op_msg::parse(&frame).expect("reply parses").body.to_owned()
+    }
+
+    /// True when the proxy has closed this connection.
+    pub async fn is_closed(&mut self, timeout: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(timeout, self.stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}

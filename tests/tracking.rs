@@ -1,0 +1,389 @@
+//! Request/reply tracking against the scripted upstream: byte-exact
+//! forwarding, fire-and-forget, exhaust and streaming hello, stalls,
+//! never-replied and abandoned commands, failures and their hints.
+
+#[path = "support/scripted.rs"]
+mod scripted;
+mod support;
+
+use bson::{rawdoc, RawDocumentBuf};
+use mongotap_proto::op_compressed::{self, Compressor};
+use mongotap_proto::op_msg;
+use scripted::{msg, next_id, reply, RawClient, Received, Scripted, Step};
+use serde_json::Value;
+use std::time::Duration;
+use support::Mongotap;
+
+const T: Duration = Duration::from_secs(10);
+
+fn hello_with_app(app: &str) -> RawDocumentBuf {
+    rawdoc! {
+        "hello": 1,
+        "client": {
+            "application": { "name": app },
+            "driver": { "name": "rawtest", "version": "1.0" },
+            "os": { "type": "linux" },
+        },
+        "$db": "admin",
+    }
+}
+
+fn stats(tap: &Mongotap) -> Vec<Value> {
+    let (code, body) = tap.admin_get("/stats");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("stats json");
+    v["commands"].as_array().cloned().unwrap_or_default()
+}
+
+fn count_of(tap: &Mongotap, command: &str) -> u64 {
+    stats(tap)
+        .iter()
+        .filter(|r| r["command"] == command)
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Waits until /stats has published `want` samples of `command` (sessions
+/// publish in batches, at most FLUSH_INTERVAL late).
+async fn wait_count(tap: &Mongotap, command: &str, want: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let n = count_of(tap, command);
+        if n >= want || tokio::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn inflight(tap: &Mongotap) -> Vec<Value> {
+    let (code, body) = tap.admin_get("/inflight");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<Value>(&body)
+        .expect("inflight json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_forwarded_exactly_both_ways() {
+    let upstream = Scripted::ok().await;
+    let tap = Mongotap::start(upstream.addr);
+    let mut client = RawClient::connect(tap.listen).await;
+
+    let docs: Vec<u8> = [rawdoc! {"_id": 1, "x": "a"}, rawdoc! {"_id": 2, "x": "b"}]
+        .iter()
+        .flat_map(|d| d.as_bytes().to_vec())
+        .collect();
+    let insert = rawdoc! { "insert": "c", "$db": "shop" };
+    let seq = op_msg::DocSequence {
+        identifier: "documents",
+        documents: &docs,
+    };
+    let frames = vec![
+        msg(next_id(), 0, 0, &hello_with_app("exact")),
+        op_msg::encode(next_id(), 0, 0, &insert, &[seq]),
+        op_msg::encode(
+            next_id(),
+            0,
+            op_msg::CHECKSUM_PRESENT,
+            &rawdoc! {"ping": 1, "$db": "admin"},
+            &[],
+        ),
+        op_compressed::compress(
+            &msg(next_id(), 0, 0, &rawdoc! {"find": "c", "$db": "shop"}),
+            Compressor::Zstd,
+        )
+        .expect("compress"),
+    ];
+    // Send them merged into one write, so the proxy sees several frames per read.
+    client.send(&frames.concat()).await;
+    let mut replies = Vec::new();
+    for _ in 0..frames.len() {
+        replies.push(client.recv(T).await.expect("reply"));
+    }
+    let got: Vec<Vec<u8>> = upstream.received().into_iter().map(|r| r.raw).collect();
+    assert_eq!(
+        got, frames,
+        "the upstream must receive exactly what the client sent"
+    );
+    assert_eq!(replies.len(), 4);
+    assert_eq!(wait_count(&tap, "insert", 1).await, 1);
+    let row = stats(&tap)
+        .into_iter()
+        .find(|r| r["command"] == "insert")
+        .expect("insert row");
+    assert_eq!(row["app"], "exact");
+    assert_eq!(row["db"], "shop");
+    assert_eq!(row["collection"], "c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_leaves_nothing_pending() {
+    let upstream = Scripted::ok().await;
+    let tap = Mongotap::start(upstream.addr);
+    let mut client = RawClient::connect(tap.listen).await;
+    for i in 0..20 {
+        let body = rawdoc! { "insert": "c", "documents": [{"i": i}], "writeConcern": {"w": 0}, "$db": "shop" };
+        client
+            .send(&msg(next_id(), 0, op_msg::MORE_TO_COME, &body))
+            .await;
+    }
+    upstream
+        .wait_for(|r| r.conn == 0 && upstream_count_ge(r), T)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(inflight(&tap).is_empty(), "w:0 writes are never pending");
+    let (_, metrics) = tap.admin_get("/metrics");
+    assert!(
+        metrics.contains("mongotap_fire_and_forget_total 20"),
+        "{metrics}"
+    );
+}
+
+fn upstream_count_ge(_r: &Received) -> bool {
+    true
+}
+
+/// An exhaust getMore answered by 3 chained moreToCome replies and a last
+/// one counts as one command, and every reply reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaust_stream_counts_as_one_command() {
+    let upstream = Scripted::start(|req| {
+        if req.name() != "getMore" {
+            return scripted::default_reply(req);
+        }
+        let mut steps = Vec::new();
+        let mut previous = req.header.request_id;
+        for i in 0..4 {
+            let id = next_id();
+            let last = i == 3;
+            let body = rawdoc! {
+                "cursor": { "id": if last { 0i64 } else { 77i64 }, "ns": "shop.c", "nextBatch": [{"i": i}] },
+                "ok": 1.0,
+            };
+            let flags = if last { 0 } else { op_msg::MORE_TO_COME };
+            steps.push(Step::Send(msg(id, previous, flags, &body)));
+            previous = id;
+        }
+        steps
+    })
+    .await;
+    let tap = Mongotap::start(upstream.addr);
+    let mut client = RawClient::connect(tap.listen).await;
+    let get_more = rawdoc! { "getMore": 77i64, "collection": "c", "$db": "shop" };
+    client
+        .send(&msg(next_id(), 0, op_msg::EXHAUST_ALLOWED, &get_more))
+        .await;
+    for _ in 0..4 {
+        client
+            .recv(T)
+            .await
+            .expect("every streamed reply reaches the client");
+    }
+    assert_eq!(wait_count(&tap, "getMore", 1).await, 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(count_of(&tap, "getMore"), 1, "one command, not four");
+    assert!(inflight(&tap).is_empty());
+}
+
+/// A monitor's awaitable hello streamed with moreToCome is neither a stall
+/// nor a latency sample, however long each reply takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_hello_is_not_a_stall() {
+    let upstream = Scripted::start(|req| {
+        let body = req.command.clone().unwrap_or_default();
+        if req.name() == "hello" && body.get("topologyVersion").ok().flatten().is_some() {
+            let mut steps = Vec::new();
+            let mut previous = req.header.request_id;
+            for _ in 0..3 {
+                let id = next_id();
+                steps.push(Step::Sleep(Duration::from_millis(600)));
+                let doc = rawdoc! {
+                    "isWritablePrimary": true,
+                    "maxWireVersion": 21,
+                    "topologyVersion": {"processId": bson::oid::ObjectId::new(), "counter": 0i64},
+                    "ok": 1.0,
+                };
+                steps.push(Step::Send(msg(id, previous, op_msg::MORE_TO_COME, &doc)));
+                previous = id;
+            }
+            return steps;
+        }
+        scripted::default_reply(req)
+    })
+    .await;
+    let tap = Mongotap::start_with(upstream.addr, &["--stall-ms", "300"]);
+    let mut client = RawClient::connect(tap.listen).await;
+    client.command(&hello_with_app("monitor")).await;
+    let awaitable = rawdoc! {
+        "hello": 1,
+        "topologyVersion": {"processId": bson::oid::ObjectId::new(), "counter": 0i64},
+        "maxAwaitTimeMS": 10000,
+        "$db": "admin",
+    };
+    client
+        .send(&msg(next_id(), 0, op_msg::EXHAUST_ALLOWED, &awaitable))
+        .await;
+    for _ in 0..3 {
+        client.recv(T).await.expect("streamed hello");
+    }
+    let rows = inflight(&tap);
+    assert!(rows.iter().all(|r| r["awaiting"] == true), "{rows:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        tap.events("stalled").is_empty(),
+        "awaitable hello is not a stall"
+    );
+    // Only the handshake hello is a latency sample.
+    assert_eq!(count_of(&tap, "hello"), 1);
+}
+
+/// A command the upstream never answers: `stalled` while pending (with
+/// stages, app and the /inflight row), then `never_replied` when the
+/// upstream connection dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_then_never_replied() {
+    let upstream = Scripted::start(|req| match req.name().as_str() {
+        "aggregate" => vec![Step::Sleep(Duration::from_millis(1500)), Step::Close],
+        _ => scripted::default_reply(req),
+    })
+    .await;
+    let tap = Mongotap::start_with(upstream.addr, &["--stall-ms", "300"]);
+    let mut client = RawClient::connect(tap.listen).await;
+    client.command(&hello_with_app("checkout")).await;
+    let agg = rawdoc! {
+        "aggregate": "orders",
+        "pipeline": [
+            {"$match": {"status": "secret-value"}},
+            {"$lookup": {"from": "users", "localField": "u", "foreignField": "_id", "as": "user"}},
+            {"$unwind": "$user"},
+        ],
+        "cursor": {},
+        "comment": "checkout-page",
+        "$db": "shop",
+    };
+    let id = next_id();
+    client.send(&msg(id, 0, 0, &agg)).await;
+    let stalled = tap
+        .wait_for_event_async("stalled", Duration::from_millis(1300))
+        .await;
+    assert_eq!(stalled["request_id"], id);
+    assert_eq!(stalled["app"], "checkout");
+    assert_eq!(stalled["command"], "aggregate");
+    assert_eq!(stalled["collection"], "orders");
+    assert_eq!(stalled["stages"], "$match>$lookup>$unwind");
+    assert_eq!(stalled["comment"], "checkout-page");
+    assert!(stalled["hint"].as_str().unwrap_or("").contains("indexed"));
+    let rows = inflight(&tap);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["request_id"], id);
+    assert_eq!(
+        rows[0]["stages"],
+        serde_json::json!(["$match", "$lookup", "$unwind"])
+    );
+    assert_eq!(rows[0]["app"], "checkout");
+    let never = tap.wait_for_event_async("never_replied", T).await;
+    assert_eq!(never["request_id"], id);
+    assert!(never["age_ms"].as_u64().unwrap_or(0) >= 1000);
+    // Filter values never appear in logs or endpoints.
+    let all = format!("{:?}{}", tap.logs(), tap.admin_get("/inflight").1);
+    assert!(!all.contains("secret-value"));
+    let (_, metrics) = tap.admin_get("/metrics");
+    assert!(
+        metrics.contains("mongotap_never_replied_total 1"),
+        "{metrics}"
+    );
+    assert!(client.is_closed(T).await);
+}
+
+/// The client goes away first: `abandoned`, and the upstream connection is
+/// closed so the server can kill the operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_first_is_abandoned() {
+    let upstream = Scripted::start(|req| match req.name().as_str() {
+        "find" => vec![Step::Sleep(Duration::from_secs(30))],
+        _ => scripted::default_reply(req),
+    })
+    .await;
+    let tap = Mongotap::start(upstream.addr);
+    let mut client = RawClient::connect(tap.listen).await;
+    client.command(&hello_with_app("gone")).await;
+    let id = next_id();
+    client
+        .send(&msg(
+            id,
+            0,
+            0,
+            &rawdoc! {"find": "c", "filter": {}, "$db": "shop"},
+        ))
+        .await;
+    upstream.wait_for(|r| r.name() == "find", T).await;
+    drop(client);
+    let ev = tap.wait_for_event_async("abandoned", T).await;
+    assert_eq!(ev["request_id"], id);
+    assert_eq!(ev["app"], "gone");
+    assert!(tap.events("never_replied").is_empty());
+}
+
+/// A memory-limit failure carries code, code_name and the allowDiskUse hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_failure_has_hint() {
+    let upstream = Scripted::start(|req| match req.name().as_str() {
+        "aggregate" => vec![Step::Send(reply(
+            req,
+            &rawdoc! {
+                "ok": 0.0,
+                "errmsg": "Exceeded memory limit for $group, but didn't allow external sort",
+                "code": 292,
+                "codeName": "QueryExceededMemoryLimitNoDiskUseAllowed",
+            },
+        ))],
+        _ => scripted::default_reply(req),
+    })
+    .await;
+    let tap = Mongotap::start(upstream.addr);
+    let mut client = RawClient::connect(tap.listen).await;
+    client.command(&hello_with_app("reports")).await;
+    client
+        .command(&rawdoc! {"aggregate": "c", "pipeline": [{"$group": {"_id": "$k"}}], "cursor": {}, "$db": "shop"})
+        .await;
+    let ev = tap.wait_for_event_async("failed", T).await;
+    assert_eq!(ev["code"], 292);
+    assert_eq!(ev["code_name"], "QueryExceededMemoryLimitNoDiskUseAllowed");
+    let hint = ev["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("allowDiskUse"), "{hint}");
+    assert_eq!(wait_count(&tap, "aggregate", 1).await, 1);
+    let row = stats(&tap)
+        .into_iter()
+        .find(|r| r["command"] == "aggregate")
+        .expect("row");
+    assert_eq!(row["errors"], 1);
+}
+
+/// Write errors inside an ok: 1 reply count as errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_errors_count_as_errors() {
+    let upstream = Scripted::start(|req| match req.name().as_str() {
+        "insert" => vec![Step::Send(reply(
+            req,
+            &rawdoc! {"n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "dup"}], "ok": 1.0},
+        ))],
+        _ => scripted::default_reply(req),
+    })
+    .await;
+    let tap = Mongotap::start(upstream.addr);
+    let mut client = RawClient::connect(tap.listen).await;
+    client
+        .command(&rawdoc! {"insert": "c", "documents": [{"_id": 1}], "$db": "shop"})
+        .await;
+    let ev = tap.wait_for_event_async("failed", T).await;
+    assert_eq!(ev["code"], 11000);
+    assert_eq!(wait_count(&tap, "insert", 1).await, 1);
+    let row = stats(&tap)
+        .into_iter()
+        .find(|r| r["command"] == "insert")
+        .expect("row");
+    assert_eq!(row["errors"], 1);
+}
