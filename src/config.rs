@@ -312,10 +312,19 @@ mod tests {
 
     #[test]
     fn invalid_values_say_what_to_do() {
-        let bad = |t: &str| Config::from_toml(t).unwrap().validate().unwrap_err().to_string();
+        let bad = |t: &str| {
+            Config::from_toml(t)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
         assert!(bad("[admin]\nlisten = \"0.0.0.0:9477\"\n").contains("admin.token"));
         assert!(bad("[proxy]\nmax_frame_bytes = 50000000\n").contains("max_frame_bytes"));
-        assert!(bad("[[rewrite.rule]]\ncommands = [\"getMore\"]\ndefault_max_time_ms = 5\n").contains("never rewrites"));
+        assert!(
+            bad("[[rewrite.rule]]\ncommands = [\"getMore\"]\ndefault_max_time_ms = 5\n")
+                .contains("never rewrites")
+        );
         assert!(bad("[[rewrite.rule]]\ncommands = [\"find\"]\n").contains("no action"));
     }
 }

@@ -3,6 +3,7 @@
 //! long.
 
 mod admin;
+mod compat;
 mod config;
 mod cursors;
 mod error;

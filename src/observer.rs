@@ -354,6 +354,9 @@ impl<'a> ReplyObserver<'a> {
         if let Some(hosts) = reply.hosts {
             events::warn_replica_set_hosts(shared, hosts);
         }
+        if let Some(wire) = reply.max_wire_version {
+            crate::compat::check(shared, &p.meta, wire);
+        }
         if p.awaiting {
             return;
         }

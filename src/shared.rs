@@ -44,6 +44,8 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     /// Rewrites by (command, field, dry_run), for /metrics.
     pub rewrite_counts: DashMap<(String, &'static str, bool), u64>,
+    /// Apps already warned about a driver too old for the server.
+    pub warned_apps: DashMap<String, ()>,
     /// The replica-set discovery warning is logged once per process.
     pub warned_hosts: AtomicBool,
     next_conn_id: AtomicU64,
@@ -55,6 +57,7 @@ impl Shared {
             stats: Stats::new(config.watch.max_series),
             policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
             rewrite_counts: DashMap::new(),
+            warned_apps: DashMap::new(),
             config,
             counters: Counters::default(),
             tracker: Tracker::default(),

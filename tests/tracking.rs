@@ -387,3 +387,29 @@ async fn write_errors_count_as_errors() {
         .expect("row");
     assert_eq!(row["errors"], 1);
 }
+
+/// A handshake from a driver older than the server supports is warned
+/// about once per app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_driver_is_warned_once_per_app() {
+    let upstream = Scripted::ok().await;
+    let tap = Mongotap::start(upstream.addr);
+    let old_hello = rawdoc! {
+        "hello": 1,
+        "client": {
+            "application": { "name": "legacy-app" },
+            "driver": { "name": "PyMongo", "version": "4.1.1" },
+            "os": { "type": "linux" },
+        },
+        "$db": "admin",
+    };
+    for _ in 0..2 {
+        let mut client = RawClient::connect(tap.listen).await;
+        client.command(&old_hello).await;
+    }
+    let ev = tap.wait_for_event_async("driver_too_old", T).await;
+    assert_eq!(ev["app"], "legacy-app");
+    assert_eq!(ev["minimum"], "4.4");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(tap.events("driver_too_old").len(), 1);
+}
