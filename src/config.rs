@@ -27,6 +27,42 @@ pub struct Config {
     pub watch: WatchConfig,
     pub log: LogConfig,
     pub rewrite: RewriteConfig,
+    pub explain: ExplainConfig,
+}
+
+/// Auto-explain: when an aggregate runs longer than `after_ms`, mongotap
+/// runs `explain` (executionStats) for the same pipeline on its own
+/// upstream connection and logs an `explained` event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExplainConfig {
+    pub enabled: bool,
+    /// An aggregate pending or finished after this long is explained.
+    pub after_ms: u64,
+    /// At most one explain per pipeline shape (db, collection, stages) per interval.
+    pub interval_ms: u64,
+    /// maxTimeMS sent with each explain.
+    pub max_time_ms: u64,
+    /// SCRAM-SHA-256 credentials for mongotap's own connection, when the
+    /// server requires authentication.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The database the user is defined in.
+    pub auth_db: String,
+}
+
+impl Default for ExplainConfig {
+    fn default() -> Self {
+        ExplainConfig {
+            enabled: false,
+            after_ms: 1_000,
+            interval_ms: 60_000,
+            max_time_ms: 10_000,
+            username: None,
+            password: None,
+            auth_db: "admin".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

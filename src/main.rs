@@ -8,6 +8,7 @@ mod config;
 mod cursors;
 mod error;
 mod events;
+mod explain;
 mod inspect;
 mod logging;
 mod meta;

@@ -187,6 +187,8 @@ impl<'a> RequestObserver<'a> {
                 .unwrap_or_default(),
             stall_reports: 0,
             injected_max_time,
+            explain_body: shared.explainer.body_for(view),
+            explained: false,
         });
         self.conn.pending.fetch_add(1, Relaxed);
         if shared.config.watch.command_log {
@@ -380,6 +382,9 @@ impl<'a> ReplyObserver<'a> {
             events::failed(&p, reply, elapsed);
         } else if shared.config.watch.command_log {
             events::succeeded(&p, elapsed);
+        }
+        if !p.explained {
+            shared.explainer.maybe_explain(&p, elapsed);
         }
         let slow_ms = shared.config.watch.slow_ms;
         if elapsed.as_millis() as u64 >= slow_ms || p.stall_reports > 0 {

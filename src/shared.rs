@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::cursors::Cursors;
+use crate::explain::Explainer;
 use crate::rewrite::Policy;
 use crate::stats::Stats;
 use crate::tracker::Tracker;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     /// Rewrites by (command, field, dry_run), for /metrics.
     pub rewrite_counts: DashMap<(String, &'static str, bool), u64>,
+    /// Auto-explain of slow aggregates.
+    pub explainer: Explainer,
     /// Apps already warned about a driver too old for the server.
     pub warned_apps: DashMap<String, ()>,
     /// The replica-set discovery warning is logged once per process.
@@ -58,6 +61,11 @@ impl Shared {
             policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
             rewrite_counts: DashMap::new(),
             warned_apps: DashMap::new(),
+            explainer: Explainer::new(
+                &config.explain,
+                &config.proxy.upstream,
+                config.watch.log_values,
+            ),
             config,
             counters: Counters::default(),
             tracker: Tracker::default(),

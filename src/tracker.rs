@@ -34,6 +34,11 @@ pub struct Pending {
     pub stall_reports: u32,
     /// maxTimeMS was injected by a rewrite rule.
     pub injected_max_time: bool,
+    /// A copy of a read-only aggregate's body, kept only when auto-explain
+    /// is on, so the same pipeline can be explained.
+    pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
+    /// Auto-explain already ran (or was skipped) for this command.
+    pub explained: bool,
 }
 
 impl Pending {

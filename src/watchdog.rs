@@ -31,6 +31,13 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             shared.counters.stalled.fetch_add(1, Relaxed);
             events::stalled(&p, now);
         }
+        if shared.explainer.enabled() {
+            for p in due_explains(&shared, now) {
+                shared
+                    .explainer
+                    .maybe_explain(&p, now.saturating_duration_since(p.started));
+            }
+        }
         if now.duration_since(last_cursor_sweep) >= Duration::from_secs(1) {
             last_cursor_sweep = now;
             let idle_ms = shared.config.watch.cursor_idle_ms;
@@ -53,6 +60,20 @@ fn due_stalls(shared: &Shared, now: Instant, stall_ms: u64) -> Vec<Pending> {
         let threshold = stall_ms.saturating_mul(1 << p.stall_reports);
         if p.age_ms(now) >= threshold {
             p.stall_reports += 1;
+            due.push(p.clone());
+        }
+    });
+    due
+}
+
+/// Pending aggregates that have run past explain's `after_ms` and have not
+/// been explained yet, marked as explained.
+fn due_explains(shared: &Shared, now: Instant) -> Vec<Pending> {
+    let after_ms = shared.config.explain.after_ms;
+    let mut due = Vec::new();
+    shared.tracker.for_each_mut(|p| {
+        if !p.explained && p.explain_body.is_some() && p.age_ms(now) >= after_ms {
+            p.explained = true;
             due.push(p.clone());
         }
     });
