@@ -67,7 +67,7 @@ pub fn parse(message: &[u8], limit: usize) -> Result<OpCompressed<'_>, DecodeErr
     if original_opcode == OpCode::Compressed {
         return Err(DecodeError::NestedCompression { opcode: original });
     }
-    let limit = limit.min(MAX_MESSAGE_LEN) - HEADER_LEN;
+    let limit = limit.min(MAX_MESSAGE_LEN).saturating_sub(HEADER_LEN);
     if size < 0 || size as usize > limit {
         return Err(DecodeError::UncompressedSize {
             claimed: size,
