@@ -20,6 +20,8 @@ use tracing::{debug, error, info, warn};
 /// Read buffer sizing: most commands and replies are small; a large frame
 /// reserves exactly what its (validated) header claims.
 const READ_CHUNK: usize = 16 * 1024;
+/// The most the read buffer grows by at once for a partial large frame.
+const MAX_GROWTH: usize = 256 * 1024;
 
 /// The two signals a session listens to.
 #[derive(Clone)]
@@ -272,8 +274,11 @@ where
         }
         // Make room for the rest of a partial frame (its length is already
         // validated), or for the next read.
+        // Grow towards a large frame as its bytes arrive, never by the whole
+        // claimed length at once: a peer that sends a header claiming 48 MB
+        // and then trickles must not make every connection hold 48 MB.
         let want = match frame::claimed_len(&buf, limit) {
-            Ok(Some(len)) => len.saturating_sub(buf.len()).max(1024),
+            Ok(Some(len)) => len.saturating_sub(buf.len()).clamp(1024, MAX_GROWTH),
             _ => READ_CHUNK,
         };
         if buf.capacity() - buf.len() < want {

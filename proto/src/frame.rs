@@ -44,8 +44,9 @@ pub fn decode(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, DecodeE
         return Ok(None);
     };
     if buf.len() < len {
-        // Safe to reserve: `len` is bounded by the limit checked above.
-        buf.reserve(len - buf.len());
+        // Grow towards the frame as it arrives rather than reserving the
+        // whole claimed length for a peer that may never send it.
+        buf.reserve((len - buf.len()).min(256 * 1024));
         return Ok(None);
     }
     let bytes = buf.split_to(len).freeze();
