@@ -28,6 +28,48 @@ pub struct Config {
     pub log: LogConfig,
     pub rewrite: RewriteConfig,
     pub explain: ExplainConfig,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// TLS offered to clients. Absent: clients connect in plaintext.
+    pub client: Option<TlsClientSide>,
+    /// TLS to the upstream server. Absent: plaintext.
+    pub upstream: Option<TlsUpstreamSide>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientSide {
+    /// PEM certificate chain presented to clients (leaf first).
+    pub cert: String,
+    /// PEM private key for `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// PEM CA bundle: when set, clients must present a certificate signed by
+    /// it (mutual TLS).
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsUpstreamSide {
+    /// PEM CA bundle that signs the server's certificate. Absent: the
+    /// system's root certificates.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Name sent as SNI and checked against the server's certificate.
+    /// Absent: the host part of proxy.upstream.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Client certificate (PEM) for servers that require one, e.g. x.509
+    /// authentication: the server then sees mongotap's identity, not the app's.
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Auto-explain: when an aggregate runs longer than `after_ms`, mongotap
@@ -303,6 +345,11 @@ impl Config {
                         "rewrite.rule #{n}: default_max_time_ms {d} is above max_time_ms_cap {c}"
                     ));
                 }
+            }
+        }
+        if let Some(up) = &self.tls.upstream {
+            if up.cert.is_some() != up.key.is_some() {
+                return bad("tls.upstream: set both cert and key, or neither".into());
             }
         }
         if self.watch.stall_ms == 0 {

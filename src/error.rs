@@ -33,6 +33,12 @@ pub enum SessionError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("TLS handshake with upstream {addr} (verifying name {name}) failed: {source}; check tls.upstream.ca and tls.upstream.server_name")]
+    UpstreamTls {
+        addr: String,
+        name: String,
+        source: std::io::Error,
+    },
     #[error("connecting to upstream {addr} timed out after {ms} ms")]
     ConnectTimeout { addr: String, ms: u64 },
     #[error("{side} sent a malformed frame: {source}")]

@@ -19,6 +19,7 @@ mod server;
 mod session;
 mod shared;
 mod stats;
+mod tls;
 mod tracker;
 mod watchdog;
 

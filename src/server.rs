@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::rewrite::Policy;
 use crate::session::{self, ConnId, Shutdown};
 use crate::shared::Shared;
+use crate::tls::Tls;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,7 +22,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .await
         .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
     let listen_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(config));
+    let tls = Tls::load(&config.tls, &config.proxy.upstream).context("cannot load TLS settings")?;
+    let shared = Arc::new(Shared::new(config, tls));
     let shutdown = Shutdown {
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
@@ -122,12 +124,26 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
         let loaded = Config::from_file(&path).and_then(|c| c.validate().map(|()| c));
         match loaded {
             Ok(cfg) => {
+                // Certificates first: a bad one rejects the whole reload.
+                let tls = match Tls::load(&cfg.tls, &shared.config.proxy.upstream) {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        warn!(
+                            event = "config_reload_failed",
+                            path = %path.display(),
+                            error = %e,
+                            "config reload rejected, the previous settings stay in force: {e}"
+                        );
+                        continue;
+                    }
+                };
+                shared.tls.store(Arc::new(tls));
                 shared.policy.store(Arc::new(Policy::compile(&cfg.rewrite)));
                 info!(
                     event = "config_reloaded",
                     path = %path.display(),
                     rules = cfg.rewrite.rule.len(),
-                    "reloaded rewrite rules from {}", path.display()
+                    "reloaded rewrite rules and TLS certificates from {}", path.display()
                 );
             }
             Err(e) => warn!(

@@ -7,6 +7,7 @@
 use crate::error::{SessionError, Side};
 use crate::observer::{Observe, ReplyObserver, RequestObserver};
 use crate::shared::Shared;
+use crate::tls::Tls;
 use bytes::{Buf, BytesMut};
 use mongotap_proto::{frame, sniff, DecodeError};
 use std::net::SocketAddr;
@@ -39,10 +40,43 @@ pub struct ConnId {
     pub client: SocketAddr,
 }
 
+/// Either side's stream, boxed so plaintext and TLS share one forwarding
+/// loop (the dynamic call per read is noise next to the syscall).
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// How long a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: Shutdown) {
     let _active = shared.connection_opened();
-    let upstream = match connect_upstream(&shared).await {
-        Ok(s) => s,
+    let _ = client.set_nodelay(true);
+    // Each connection keeps the TLS config it started with; SIGHUP only
+    // changes what later connections get.
+    let tls = shared.tls.load_full();
+    let (client_read, client_write) = match &tls.acceptor {
+        None => split_tcp(client),
+        Some(acceptor) => match accept_tls(acceptor, client).await {
+            Ok(halves) => halves,
+            Err(e) => {
+                shared
+                    .counters
+                    .decode_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(
+                    event = "decode_error",
+                    conn = id.conn,
+                    client = %id.client,
+                    side = "client",
+                    reason = %e,
+                    "closing connection: TLS from client failed: {e}"
+                );
+                return;
+            }
+        },
+    };
+    let (upstream_read, upstream_write) = match connect_upstream(&shared, &tls).await {
+        Ok(halves) => halves,
         Err(e) => {
             shared
                 .counters
@@ -54,17 +88,12 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: S
                 client = %id.client,
                 upstream = %shared.config.proxy.upstream,
                 error = %e,
-                "closing client connection: upstream unreachable"
+                "closing client connection: upstream unreachable: {e}"
             );
             return;
         }
     };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     debug!(conn = id.conn, client = %id.client, "connection opened");
-
-    let (client_read, client_write) = client.into_split();
-    let (upstream_read, upstream_write) = upstream.into_split();
     let limit = shared.config.proxy.max_frame_bytes;
     let conn_state = crate::observer::ConnState::new(shared.clone(), id.clone());
     let mut requests = RequestObserver::new(&conn_state);
@@ -157,13 +186,70 @@ fn report_end(shared: &Shared, id: &ConnId, end: &End) {
     }
 }
 
-async fn connect_upstream(shared: &Shared) -> Result<TcpStream, SessionError> {
+fn split_tcp(stream: TcpStream) -> (BoxRead, BoxWrite) {
+    let (r, w) = stream.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+fn split_io<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (BoxRead, BoxWrite) {
+    let (r, w) = tokio::io::split(stream);
+    (Box::new(r), Box::new(w))
+}
+
+/// Accepts TLS from a client. A client that sends anything but a TLS
+/// record first is told apart from a failed handshake: it is speaking
+/// plaintext to a TLS port.
+async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    client: TcpStream,
+) -> Result<(BoxRead, BoxWrite), String> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, client.peek(&mut first)).await {
+        Ok(Ok(0)) => return Err("client closed before sending anything".into()),
+        Ok(Ok(_)) if first[0] != 0x16 => {
+            return Err(
+                "the client sent plaintext to a TLS port: connect with tls=true (and tlsCAFile), or point it at a plaintext listener".into(),
+            )
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("client sent nothing within the TLS handshake timeout".into()),
+    }
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client)).await {
+        Ok(Ok(stream)) => Ok(split_io(stream)),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Err(_) => Err("TLS handshake timed out".into()),
+    }
+}
+
+async fn connect_upstream(shared: &Shared, tls: &Tls) -> Result<(BoxRead, BoxWrite), SessionError> {
     let addr = &shared.config.proxy.upstream;
     let ms = shared.config.proxy.connect_timeout_ms;
-    match tokio::time::timeout(Duration::from_millis(ms), TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(source)) => Err(SessionError::Connect {
+    let deadline = Duration::from_millis(ms);
+    let tcp = match tokio::time::timeout(deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            return Err(SessionError::Connect {
+                addr: addr.clone(),
+                source,
+            })
+        }
+        Err(_) => {
+            return Err(SessionError::ConnectTimeout {
+                addr: addr.clone(),
+                ms,
+            })
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some((connector, name)) = &tls.connector else {
+        return Ok(split_tcp(tcp));
+    };
+    match tokio::time::timeout(deadline, connector.connect(name.clone(), tcp)).await {
+        Ok(Ok(stream)) => Ok(split_io(stream)),
+        Ok(Err(source)) => Err(SessionError::UpstreamTls {
             addr: addr.clone(),
+            name: format!("{name:?}"),
             source,
         }),
         Err(_) => Err(SessionError::ConnectTimeout {

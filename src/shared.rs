@@ -6,6 +6,7 @@ use crate::cursors::Cursors;
 use crate::explain::Explainer;
 use crate::rewrite::Policy;
 use crate::stats::Stats;
+use crate::tls::Tls;
 use crate::tracker::Tracker;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub tracker: Tracker,
     pub cursors: Cursors,
     pub stats: Stats,
+    /// TLS acceptor and connector; replaced whole on SIGHUP.
+    pub tls: ArcSwap<Tls>,
     /// The compiled rewrite rules; replaced whole on SIGHUP.
     pub policy: ArcSwap<Policy>,
     /// Rewrites by (command, field, dry_run), for /metrics.
@@ -55,8 +58,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, tls: Tls) -> Self {
         Shared {
+            tls: ArcSwap::from_pointee(tls),
             stats: Stats::new(config.watch.max_series),
             policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
             rewrite_counts: DashMap::new(),
