@@ -309,15 +309,26 @@ impl Mongotap {
     /// `wait_for_event` that waits on a blocking-pool thread, so the test's
     /// own runtime keeps driving clients meanwhile.
     pub async fn wait_for_event_async(&self, name: &str, timeout: Duration) -> Value {
-        let logs = Arc::clone(&self.logs);
         let owned = name.to_owned();
-        let found = tokio::task::spawn_blocking(move || {
-            wait_line(&logs, timeout, |v| v["event"] == owned.as_str())
-        })
-        .await
-        .expect("wait task panicked");
+        let found = self
+            .wait_for(timeout, move |v| v["event"] == owned.as_str())
+            .await;
         found
             .unwrap_or_else(|| panic!("no `{name}` event within {timeout:?}\n{}", dump(&self.logs)))
+    }
+
+    /// The first log line matching `pred`, waiting up to `timeout` on a
+    /// blocking-pool thread so the test's runtime keeps driving clients.
+    /// None if it never comes or mongotap exits first.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool + Send + 'static,
+    ) -> Option<Value> {
+        let logs = Arc::clone(&self.logs);
+        tokio::task::spawn_blocking(move || wait_line(&logs, timeout, pred))
+            .await
+            .expect("wait task panicked")
     }
 
     /// GET `path` on the admin endpoint; returns the status code and body.
