@@ -5,10 +5,11 @@
 use crate::shared::Shared;
 use anyhow::Context;
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub async fn start(
             require_token,
         ))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/capture/start", post(capture_start))
+        .route("/capture/stop", post(capture_stop))
         .with_state(shared);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -92,4 +95,60 @@ async fn inflight(State(shared): S) -> impl IntoResponse {
 
 async fn cursors(State(shared): S) -> impl IntoResponse {
     Json(shared.cursors.snapshot())
+}
+
+/// The capture routes need `capture.control_token`, whatever admin.token is:
+/// starting a capture writes client traffic to disk.
+fn capture_allowed(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &shared.config.capture.control_token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "capture control is off: set capture.control_token in the config\n",
+        )
+            .into_response());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token.as_str()) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <capture.control_token>\n",
+        )
+            .into_response());
+    }
+    Ok(())
+}
+
+async fn capture_start(State(shared): S, headers: HeaderMap) -> Response {
+    if let Err(r) = capture_allowed(&shared, &headers) {
+        return r;
+    }
+    match shared.capture.start() {
+        Ok(path) => {
+            Json(serde_json::json!({"capturing": true, "path": path.display().to_string()}))
+                .into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn capture_stop(State(shared): S, headers: HeaderMap) -> Response {
+    if let Err(r) = capture_allowed(&shared, &headers) {
+        return r;
+    }
+    // Joining the writer thread waits for its last flush: keep it off the
+    // async workers.
+    let s = shared.clone();
+    let was_running = tokio::task::spawn_blocking(move || s.capture.stop())
+        .await
+        .unwrap_or(false);
+    Json(serde_json::json!({
+        "capturing": false,
+        "was_running": was_running,
+        "written": shared.capture.written.load(std::sync::atomic::Ordering::Relaxed),
+        "dropped": shared.capture.dropped.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+    .into_response()
 }

@@ -29,6 +29,49 @@ pub struct Config {
     pub rewrite: RewriteConfig,
     pub explain: ExplainConfig,
     pub tls: TlsConfig,
+    pub capture: CaptureConfig,
+}
+
+/// Traffic capture for `mongotap replay` and Wireshark export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Start capturing at startup (otherwise POST /capture/start).
+    pub enabled: bool,
+    /// Files are PATH-000001.mtcap, PATH-000002.mtcap, ...
+    pub path: String,
+    /// Rotate to a new file past this size.
+    pub max_bytes: u64,
+    /// Keep at most this many files; the oldest is deleted.
+    pub max_files: usize,
+    /// Fraction of connections captured (decided per connection), 0.0 to 1.0.
+    pub sample_rate: f64,
+    /// Globs on "db.collection"; empty captures every namespace.
+    pub namespaces: Vec<String>,
+    /// Command names; empty captures every command.
+    pub commands: Vec<String>,
+    /// Records buffered for the writer; past this, records are dropped and
+    /// counted in mongotap_capture_dropped_total (client traffic never waits).
+    pub channel_capacity: usize,
+    /// Bearer token required by POST /capture/start and /capture/stop.
+    /// Unset: those routes are refused.
+    pub control_token: Option<String>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            enabled: false,
+            path: "mongotap-capture".into(),
+            max_bytes: 256 * 1024 * 1024,
+            max_files: 8,
+            sample_rate: 1.0,
+            namespaces: Vec::new(),
+            commands: Vec::new(),
+            channel_capacity: 16_384,
+            control_token: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -351,6 +394,15 @@ impl Config {
             if up.cert.is_some() != up.key.is_some() {
                 return bad("tls.upstream: set both cert and key, or neither".into());
             }
+        }
+        if !(0.0..=1.0).contains(&self.capture.sample_rate) {
+            return bad(format!(
+                "capture.sample_rate {} must be between 0.0 and 1.0",
+                self.capture.sample_rate
+            ));
+        }
+        if self.capture.max_files == 0 || self.capture.channel_capacity == 0 {
+            return bad("capture.max_files and capture.channel_capacity must be at least 1".into());
         }
         if self.watch.stall_ms == 0 {
             return bad("watch.stall_ms must be at least 1".into());

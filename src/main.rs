@@ -3,6 +3,7 @@
 //! long.
 
 mod admin;
+mod capture;
 mod compat;
 mod config;
 mod cursors;

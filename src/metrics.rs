@@ -229,7 +229,7 @@ impl Collector for ProxyCollector {
             &mut enc,
             "mongotap_capture_dropped",
             "Capture records dropped because the writer fell behind",
-            c.capture_dropped.load(Relaxed),
+            s.capture.dropped.load(Relaxed),
         )?;
         Ok(())
     }

@@ -14,6 +14,7 @@ use crate::stats::{Sample, SampleBuffer};
 use crate::tracker::Pending;
 use bson::raw::RawBsonRef;
 use bson::RawDocument;
+use mongotap_proto::capture::Direction;
 use mongotap_proto::op_compressed::{self, Compressor};
 use mongotap_proto::op_msg::{self, OpMsg};
 use mongotap_proto::rewrite::{self, Rewritten};
@@ -30,11 +31,17 @@ pub struct ConnState {
     /// Requests that expect a reply and have not had their last one yet.
     pending: AtomicUsize,
     samples: Mutex<SampleBuffer>,
+    /// The client address, rendered once for capture records.
+    client_label: Arc<str>,
+    /// This connection was picked by capture sampling.
+    captured: bool,
 }
 
 impl ConnState {
     pub fn new(shared: Arc<Shared>, id: ConnId) -> Self {
         ConnState {
+            captured: shared.capture.sample(id.conn),
+            client_label: Arc::from(id.client.to_string()),
             shared,
             id,
             pending: AtomicUsize::new(0),
@@ -44,6 +51,31 @@ impl ConnState {
 
     pub fn pending(&self) -> usize {
         self.pending.load(Relaxed)
+    }
+
+    /// Captures `frame` when capture is on, this connection is sampled and
+    /// the command passes the filters. Returns `Some(redacted)` when it was
+    /// captured, so the reply can follow the same decision.
+    fn capture(
+        &self,
+        frame: &[u8],
+        direction: Direction,
+        view: Option<&CommandView<'_>>,
+    ) -> Option<bool> {
+        let capture = &self.shared.capture;
+        if !self.captured || !capture.is_on() {
+            return None;
+        }
+        let wanted = match view {
+            Some(v) => capture.wants(v),
+            None => !capture.filtered(),
+        };
+        if !wanted {
+            return None;
+        }
+        let redact = view.is_some_and(|v| v.is_sensitive());
+        capture.record(self.id.conn, &self.client_label, direction, frame, redact);
+        Some(redact)
     }
 
     /// Publishes buffered latency samples (called on a timer and at close).
@@ -126,6 +158,7 @@ impl<'a> RequestObserver<'a> {
         expects_reply: bool,
         db_fallback: &str,
         rewritten: Option<&Rewritten>,
+        capture: Option<bool>,
     ) {
         let shared = &self.conn.shared;
         if !self.handshake_seen && view.is_hello() {
@@ -189,6 +222,7 @@ impl<'a> RequestObserver<'a> {
             injected_max_time,
             explain_body: shared.explainer.body_for(view),
             explained: false,
+            capture,
         });
         self.conn.pending.fetch_add(1, Relaxed);
         if shared.config.watch.command_log {
@@ -219,18 +253,25 @@ impl Observe for RequestObserver<'_> {
         with_message(frame, limit, |header, compressor, message| match message {
             Message::Msg(msg) => {
                 let view = CommandView::parse(msg.body)?;
+                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
                 let applied = rewritten.as_ref().map(|(_, rw)| rw);
-                self.command(header.request_id, &view, !msg.more_to_come(), "", applied);
+                let more = msg.more_to_come();
+                self.command(header.request_id, &view, !more, "", applied, captured);
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
                 let view = CommandView::parse(q.command())?;
-                self.command(header.request_id, &view, true, q.db(), None);
+                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                self.command(header.request_id, &view, true, q.db(), None, captured);
                 Ok(None)
             }
-            Message::Reply(_) => Ok(None),
+            Message::Reply(_) => {
+                self.conn.capture(frame, Direction::ToServer, None);
+                Ok(None)
+            }
             Message::Unknown => {
+                self.conn.capture(frame, Direction::ToServer, None);
                 self.conn
                     .shared
                     .counters
@@ -331,13 +372,28 @@ impl<'a> ReplyObserver<'a> {
         ReplyObserver { conn }
     }
 
-    fn reply(&mut self, request_id: i32, response_to: i32, reply: &ReplyView<'_>, more: bool) {
+    fn reply(
+        &mut self,
+        frame: &[u8],
+        (request_id, response_to): (i32, i32),
+        reply: &ReplyView<'_>,
+        more: bool,
+    ) {
         let shared = &self.conn.shared;
         let conn = self.conn.id.conn;
         let Some(mut p) = shared.tracker.remove(conn, response_to) else {
             shared.counters.unmatched_replies.fetch_add(1, Relaxed);
+            self.conn.capture(frame, Direction::ToClient, None);
             return;
         };
+        if let Some(redact) = p.capture {
+            if self.conn.captured && shared.capture.is_on() {
+                let client = &self.conn.client_label;
+                shared
+                    .capture
+                    .record(conn, client, Direction::ToClient, frame, redact);
+            }
+        }
         if more {
             // Exhaust cursor or streaming hello: the next reply answers
             // this one. The command stays open until a reply without
@@ -436,22 +492,22 @@ impl Observe for ReplyObserver<'_> {
             match message {
                 Message::Msg(msg) => {
                     let view = ReplyView::parse(msg.body)?;
-                    self.reply(
-                        header.request_id,
-                        header.response_to,
-                        &view,
-                        msg.more_to_come(),
-                    );
+                    let ids = (header.request_id, header.response_to);
+                    self.reply(frame, ids, &view, msg.more_to_come());
                 }
                 Message::Reply(r) => {
                     let view = match r.first() {
                         Some(doc) => ReplyView::parse(doc)?,
                         None => ReplyView::default(),
                     };
-                    self.reply(header.request_id, header.response_to, &view, false);
+                    let ids = (header.request_id, header.response_to);
+                    self.reply(frame, ids, &view, false);
                 }
-                Message::Query(_) => {}
+                Message::Query(_) => {
+                    self.conn.capture(frame, Direction::ToClient, None);
+                }
                 Message::Unknown => {
+                    self.conn.capture(frame, Direction::ToClient, None);
                     self.conn
                         .shared
                         .counters

@@ -30,6 +30,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     };
     let tasks = TaskTracker::new();
 
+    if shared.config.capture.enabled {
+        shared
+            .capture
+            .start()
+            .context("cannot start capture (capture.enabled)")?;
+    }
     let admin_addr = match crate::admin::start(shared.clone(), shutdown.abort.clone()).await? {
         Some(addr) => addr.to_string(),
         None => "disabled".to_string(),
@@ -103,6 +109,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     }
     shutdown.abort.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    // Flush and close the capture file last, after the final frames.
+    let s = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || s.capture.stop()).await;
     info!("stopped");
     Ok(())
 }

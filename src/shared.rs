@@ -1,6 +1,7 @@
 //! The one piece of state every session shares, passed in as `Arc<Shared>`
 //! (never a global, so tests can run many proxies in one process).
 
+use crate::capture::Capture;
 use crate::config::Config;
 use crate::cursors::Cursors;
 use crate::explain::Explainer;
@@ -33,7 +34,6 @@ pub struct Counters {
     pub cursors_leaked: AtomicU64,
     pub failed: AtomicU64,
     pub rewrites: AtomicU64,
-    pub capture_dropped: AtomicU64,
 }
 
 pub struct Shared {
@@ -48,6 +48,8 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     /// Rewrites by (command, field, dry_run), for /metrics.
     pub rewrite_counts: DashMap<(String, &'static str, bool), u64>,
+    /// Traffic capture.
+    pub capture: Capture,
     /// Auto-explain of slow aggregates.
     pub explainer: Explainer,
     /// Apps already warned about a driver too old for the server.
@@ -65,6 +67,7 @@ impl Shared {
             policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
             rewrite_counts: DashMap::new(),
             warned_apps: DashMap::new(),
+            capture: Capture::new(&config.capture),
             explainer: Explainer::new(
                 &config.explain,
                 &config.proxy.upstream,

@@ -39,6 +39,8 @@ pub struct Pending {
     pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
     /// Auto-explain already ran (or was skipped) for this command.
     pub explained: bool,
+    /// Captured: `Some(redacted)`; its replies follow the same decision.
+    pub capture: Option<bool>,
 }
 
 impl Pending {

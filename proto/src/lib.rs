@@ -7,6 +7,7 @@
 //! Every length a peer claims is checked against what is really there (and
 //! against [`MAX_MESSAGE_LEN`]) before anything is read or allocated.
 
+pub mod capture;
 pub mod command;
 pub mod error;
 pub mod frame;
