@@ -54,11 +54,25 @@ const FLAGS: &[Flag] = &[
 
 /// Histogram range in nanoseconds: 1 ns to 60 s, 3 significant digits.
 const HIST_MAX_NS: u64 = 60_000_000_000;
-/// How long past the end of the run a connection may wait for a reply
-/// before the run is declared broken (a lost reply would otherwise hang).
+/// How long connecting may take, and how long past the end of the run a
+/// connection may wait for a reply before the run is declared broken (a lost
+/// reply would otherwise hang).
 const GRACE: Duration = Duration::from_secs(10);
 
-fn main() -> anyhow::Result<()> {
+/// Prints errors as one `cause: cause` line, without anyhow's backtrace
+/// (RUST_BACKTRACE may be set in the environment), so the harness shows
+/// what went wrong in one line.
+fn main() -> std::process::ExitCode {
+    match run_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-load: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_main() -> anyhow::Result<()> {
     let flags = Flags::parse(USAGE, FLAGS, std::env::args().skip(1))?;
     let target: String = flags.require("target")?;
     let connections: usize = flags.require("connections")?;
@@ -101,13 +115,11 @@ struct Measured {
 /// Connects all connections first, then starts the clock for all of them at
 /// once, so slow connects do not eat into the warm-up.
 async fn run(target: &str, connections: usize, plan: Plan) -> anyhow::Result<Measured> {
-    let mut socks = Vec::with_capacity(connections);
-    for i in 0..connections {
-        let sock = TcpStream::connect(target)
-            .await
-            .with_context(|| format!("connection {i}: connecting to {target}"))?;
-        socks.push(handshake(sock).await.context("hello handshake")?);
-    }
+    // A target that accepts but never answers the hello must not hang the run.
+    let socks = match tokio::time::timeout(GRACE, connect_all(target, connections)).await {
+        Ok(socks) => socks?,
+        Err(_) => bail!("connecting and saying hello to {target} took over {GRACE:?}"),
+    };
 
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -137,6 +149,20 @@ async fn run(target: &str, connections: usize, plan: Plan) -> anyhow::Result<Mea
         Ok(total) => total,
         Err(_) => bail!("a reply was still missing {GRACE:?} after the run ended"),
     }
+}
+
+async fn connect_all(target: &str, connections: usize) -> anyhow::Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let sock = TcpStream::connect(target)
+            .await
+            .with_context(|| format!("connection {i}: connecting to {target}"))?;
+        let conn = handshake(sock)
+            .await
+            .with_context(|| format!("connection {i}: hello"))?;
+        conns.push(conn);
+    }
+    Ok(conns)
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {
@@ -201,7 +227,7 @@ async fn handshake(sock: TcpStream) -> anyhow::Result<Conn> {
         "$db": "admin",
     };
     let reply = conn.round_trip(&mut encode(&hello)).await?;
-    check_ok(&reply).context("hello")?;
+    check_ok(&reply)?;
     Ok(conn)
 }
 

@@ -42,7 +42,20 @@ const FLAGS: &[Flag] = &[
 /// big enough that a burst of pipelined requests is read in one syscall.
 const READ_CHUNK: usize = 64 * 1024;
 
-fn main() -> anyhow::Result<()> {
+/// Prints errors as one `cause: cause` line, without anyhow's backtrace
+/// (RUST_BACKTRACE may be set in the environment), so the harness shows
+/// what went wrong in one line.
+fn main() -> std::process::ExitCode {
+    match run_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-upstream: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_main() -> anyhow::Result<()> {
     let flags = Flags::parse(USAGE, FLAGS, std::env::args().skip(1))?;
     let listen: String = flags.require("listen")?;
     let docs: usize = flags.get("docs")?.unwrap_or(1);
@@ -57,11 +70,13 @@ async fn serve(listen: &str, replies: Arc<Replies>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    // Registered before announcing the port, so that once the harness has
+    // seen the line a SIGTERM always means a clean exit.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // The harness reads this line to learn the port; println! flushes at the
     // newline because stdout is line-buffered.
     println!("listening {}", listener.local_addr()?);
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             // accept() is cancel-safe: a connection not yet returned stays queued.
