@@ -110,8 +110,10 @@ pub fn rewrite(view: &CommandView<'_>, limits: &Limits) -> Result<Option<Rewritt
                 });
                 changes.push(allow_disk_use_change());
             }
-        } else if let Some(inner) = view.explain {
-            let inner_view = CommandView::parse(inner)?;
+        } else if let Some(inner_view) = view.explain_view() {
+            // An explained command that does not parse (`{explain: {}}`) is
+            // the server's to reject; failing here would close the connection.
+            let inner = inner_view.doc;
             let absent = inner.get("allowDiskUse").map_err(bson_err)?.is_none();
             if accepts_allow_disk_use(inner_view.name) && absent {
                 let new_inner = splice(
@@ -163,10 +165,15 @@ struct Edit {
 
 /// The value bytes for a number, keeping the original type when it can
 /// hold the value (int32 stays int32, int64 stays int64, double stays
-/// double); a new field is int32 when it fits.
+/// double); a new field is int32 when it fits. A double that cannot hold
+/// the value exactly (above 2^53) would round, possibly above the cap, so
+/// that value becomes an int64.
 fn number_bytes(kind: Option<ElementType>, v: i64) -> (ElementType, Vec<u8>) {
+    let exact_double = (v as f64) as i128 == i128::from(v);
     match (kind, i32::try_from(v)) {
-        (Some(ElementType::Double), _) => (ElementType::Double, (v as f64).to_le_bytes().to_vec()),
+        (Some(ElementType::Double), _) if exact_double => {
+            (ElementType::Double, (v as f64).to_le_bytes().to_vec())
+        }
         (Some(ElementType::Int64), _) | (_, Err(_)) => {
             (ElementType::Int64, v.to_le_bytes().to_vec())
         }
