@@ -202,6 +202,15 @@ pub struct ProxyConfig {
     pub connect_timeout_ms: u64,
     /// On SIGTERM/SIGINT, how long in-flight commands may take to finish.
     pub drain_timeout_ms: u64,
+    /// Commands one connection may have waiting for replies; past this,
+    /// mongotap stops reading that client until replies arrive.
+    pub max_inflight_per_connection: usize,
+    /// A frame that has started to arrive must be complete within this
+    /// long, or the connection is closed (slow or stuck senders).
+    pub frame_timeout_ms: u64,
+    /// Close a connection with nothing pending and no traffic for this
+    /// long; 0 disables. A pending awaitable hello keeps a connection open.
+    pub idle_timeout_ms: u64,
     /// Tokio runtime flavour: "current-thread" (one core) or "multi-thread".
     pub runtime: RuntimeFlavor,
     /// Worker threads for the multi-thread runtime (0: one per core).
@@ -224,6 +233,9 @@ impl Default for ProxyConfig {
             max_frame_bytes: mongotap_proto::MAX_MESSAGE_LEN,
             connect_timeout_ms: 5_000,
             drain_timeout_ms: 10_000,
+            max_inflight_per_connection: 1_000,
+            frame_timeout_ms: 60_000,
+            idle_timeout_ms: 0,
             runtime: RuntimeFlavor::MultiThread,
             worker_threads: 0,
         }
@@ -267,6 +279,9 @@ pub struct WatchConfig {
     pub log_values: bool,
     /// Log `started`/`succeeded` for every command (debug level).
     pub command_log: bool,
+    /// Track requests and record latency. Off: frames are still decoded
+    /// and validated, but nothing is tracked (for benchmarking the cost).
+    pub track: bool,
 }
 
 impl Default for WatchConfig {
@@ -278,6 +293,7 @@ impl Default for WatchConfig {
             cursor_idle_ms: 600_000,
             log_values: false,
             command_log: false,
+            track: true,
         }
     }
 }
@@ -339,6 +355,12 @@ impl Config {
                 self.proxy.max_frame_bytes,
                 mongotap_proto::MAX_MESSAGE_LEN
             ));
+        }
+        if self.proxy.max_inflight_per_connection == 0 || self.proxy.frame_timeout_ms == 0 {
+            return bad(
+                "proxy.max_inflight_per_connection and proxy.frame_timeout_ms must be at least 1"
+                    .into(),
+            );
         }
         if self.proxy.max_connections == 0 {
             return bad("proxy.max_connections must be at least 1".into());

@@ -43,6 +43,15 @@ pub enum SessionError {
     ConnectTimeout { addr: String, ms: u64 },
     #[error("{side} sent a malformed frame: {source}")]
     Decode { side: Side, source: DecodeError },
+    #[error("{side} sent {have} of a {need}-byte frame and nothing more for {ms} ms (slow or stuck sender)")]
+    FrameTimeout {
+        side: Side,
+        have: usize,
+        need: usize,
+        ms: u64,
+    },
+    #[error("no traffic and nothing pending for {ms} ms (proxy.idle_timeout_ms)")]
+    Idle { ms: u64 },
     #[error("{side} connection failed: {source}")]
     Io { side: Side, source: std::io::Error },
 }

@@ -19,9 +19,9 @@ use mongotap_proto::op_compressed::{self, Compressor};
 use mongotap_proto::op_msg::{self, OpMsg};
 use mongotap_proto::rewrite::{self, Rewritten};
 use mongotap_proto::{CommandView, DecodeError, Header, ReplyView};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What both directions of one connection need to see. Both observers run
 /// inside the session's single task, so the mutex is never contended.
@@ -35,6 +35,12 @@ pub struct ConnState {
     client_label: Arc<str>,
     /// This connection was picked by capture sampling.
     captured: bool,
+    /// Woken when a command completes, for a client held back at
+    /// max_inflight_per_connection.
+    slots: tokio::sync::Notify,
+    /// Milliseconds since `opened` of the last frame either way.
+    last_frame_ms: AtomicU64,
+    opened: Instant,
 }
 
 impl ConnState {
@@ -46,11 +52,39 @@ impl ConnState {
             id,
             pending: AtomicUsize::new(0),
             samples: Mutex::new(SampleBuffer::default()),
+            slots: tokio::sync::Notify::new(),
+            last_frame_ms: AtomicU64::new(0),
+            opened: Instant::now(),
         }
     }
 
     pub fn pending(&self) -> usize {
         self.pending.load(Relaxed)
+    }
+
+    /// Waits until fewer than `max` commands are pending.
+    pub async fn wait_for_slot(&self, max: usize) {
+        loop {
+            let notified = self.slots.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a completion in between wakes us.
+            notified.as_mut().enable();
+            if self.pending() < max {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn touch(&self) {
+        self.last_frame_ms
+            .store(self.opened.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// How long since the last frame in either direction.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_frame_ms.load(Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 
     /// Captures `frame` when capture is on, this connection is sampled and
@@ -172,6 +206,9 @@ impl<'a> RequestObserver<'a> {
             shared.counters.fire_and_forget.fetch_add(1, Relaxed);
             return;
         }
+        if !shared.config.watch.track {
+            return;
+        }
         let awaiting = view.is_awaitable_hello()
             || (view.name == "getMore"
                 && view
@@ -249,6 +286,7 @@ fn render_comment(c: RawBsonRef<'_>, log_values: bool) -> Option<Arc<str>> {
 
 impl Observe for RequestObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        self.conn.touch();
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
         with_message(frame, limit, |header, compressor, message| match message {
             Message::Msg(msg) => {
@@ -380,6 +418,9 @@ impl<'a> ReplyObserver<'a> {
         more: bool,
     ) {
         let shared = &self.conn.shared;
+        if !shared.config.watch.track {
+            return;
+        }
         let conn = self.conn.id.conn;
         let Some(mut p) = shared.tracker.remove(conn, response_to) else {
             shared.counters.unmatched_replies.fetch_add(1, Relaxed);
@@ -406,6 +447,7 @@ impl<'a> ReplyObserver<'a> {
             .conn
             .pending
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        self.conn.slots.notify_one();
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(p.started);
         self.track_cursor(&p, reply, now);
@@ -487,6 +529,7 @@ impl<'a> ReplyObserver<'a> {
 
 impl Observe for ReplyObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        self.conn.touch();
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
         with_message(frame, limit, |header, _compressor, message| {
             match message {

@@ -17,7 +17,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+/// Each proxied connection holds two descriptors (client and upstream):
+/// raise the soft limit to the hard one, and say when max_connections
+/// cannot be reached.
+fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let needed = max_connections as u64 * 2 + 64;
+            if limit < needed {
+                warn!(
+                    fd_limit = limit,
+                    max_connections,
+                    "the open-file limit ({limit}) allows about {} proxied connections, fewer than proxy.max_connections; raise `ulimit -n` (each connection uses two descriptors)",
+                    limit.saturating_sub(64) / 2
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    raise_fd_limit(config.proxy.max_connections);
     let listener = TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;

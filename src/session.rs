@@ -5,7 +5,7 @@
 //! split off the read buffer as one `Bytes` and written as they are.
 
 use crate::error::{SessionError, Side};
-use crate::observer::{Observe, ReplyObserver, RequestObserver};
+use crate::observer::{ConnState, Observe, ReplyObserver, RequestObserver};
 use crate::shared::Shared;
 use crate::tls::Tls;
 use bytes::{Buf, BytesMut};
@@ -98,20 +98,32 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: S
     let conn_state = crate::observer::ConnState::new(shared.clone(), id.clone());
     let mut requests = RequestObserver::new(&conn_state);
     let mut replies = ReplyObserver::new(&conn_state);
+    let frame_timeout = Duration::from_millis(shared.config.proxy.frame_timeout_ms);
+    let client_limits = Limits {
+        frame: limit,
+        frame_timeout,
+        gate: Some((&conn_state, shared.config.proxy.max_inflight_per_connection)),
+    };
+    let upstream_limits = Limits {
+        frame: limit,
+        frame_timeout,
+        gate: None,
+    };
     let to_upstream = pipe(
         Side::Client,
         client_read,
         upstream_write,
-        limit,
+        client_limits,
         &mut requests,
     );
     let to_client = pipe(
         Side::Upstream,
         upstream_read,
         client_write,
-        limit,
+        upstream_limits,
         &mut replies,
     );
+    let idle_timeout = Duration::from_millis(shared.config.proxy.idle_timeout_ms);
     tokio::pin!(to_upstream, to_client);
 
     // Each branch polls a pinned future that lives across iterations, so
@@ -128,7 +140,17 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: S
             r = &mut to_client => break End::new(Side::Upstream, r),
             _ = shutdown.abort.cancelled() => break End::Shutdown,
             _ = shutdown.drain.cancelled(), if !draining => draining = true,
-            _ = flush.tick() => conn_state.flush(),
+            _ = flush.tick() => {
+                conn_state.flush();
+                // A pending awaitable hello counts as pending: monitors are
+                // never idle-closed.
+                if !idle_timeout.is_zero()
+                    && conn_state.pending() == 0
+                    && conn_state.idle_for() >= idle_timeout
+                {
+                    break End::Failed(SessionError::Idle { ms: idle_timeout.as_millis() as u64 });
+                }
+            }
             // While draining, check every few ms whether the last reply is in.
             _ = tokio::time::sleep(Duration::from_millis(5)), if draining => {
                 if conn_state.pending() == 0 {
@@ -165,6 +187,20 @@ fn report_end(shared: &Shared, id: &ConnId, end: &End) {
         }
         End::Shutdown => {
             debug!(conn = id.conn, client = %id.client, "connection closed for shutdown")
+        }
+        End::Failed(e @ SessionError::FrameTimeout { side, .. }) => {
+            shared
+                .counters
+                .decode_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(
+                event = "decode_error",
+                conn = id.conn,
+                client = %id.client,
+                side = %side,
+                reason = %e,
+                "closing connection: {e}"
+            );
         }
         End::Failed(SessionError::Decode { side, source }) => {
             shared
@@ -262,11 +298,21 @@ async fn connect_upstream(shared: &Shared, tls: &Tls) -> Result<(BoxRead, BoxWri
 /// Forwards frames from `reader` (the `from` side) to `writer` until EOF or
 /// an error. Frames are observed before they are written; a malformed frame
 /// is not forwarded, but every good frame before it is.
+/// What bounds one direction of a session.
+struct Limits<'a> {
+    /// Largest frame accepted.
+    frame: usize,
+    /// A started frame must complete within this.
+    frame_timeout: Duration,
+    /// Client side only: hold reads while this many commands are pending.
+    gate: Option<(&'a ConnState, usize)>,
+}
+
 async fn pipe<R, W, O>(
     from: Side,
     mut reader: R,
     mut writer: W,
-    limit: usize,
+    limits: Limits<'_>,
     observer: &mut O,
 ) -> Result<(), SessionError>
 where
@@ -278,13 +324,35 @@ where
         Side::Client => Side::Upstream,
         Side::Upstream => Side::Client,
     };
+    let limit = limits.frame;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut first_read = from == Side::Client;
+    // When the bytes of an incomplete frame started waiting.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
-        let n = reader
-            .read_buf(&mut buf)
-            .await
-            .map_err(|source| SessionError::Io { side: from, source })?;
+        if let Some((conn, max)) = limits.gate {
+            if buf.is_empty() && conn.pending() >= max {
+                conn.wait_for_slot(max).await;
+            }
+        }
+        let read = reader.read_buf(&mut buf);
+        let n = match partial_since {
+            None => read.await,
+            Some(since) => {
+                match tokio::time::timeout_at(since + limits.frame_timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(SessionError::FrameTimeout {
+                            side: from,
+                            have: buf.len(),
+                            need: frame::claimed_len(&buf, limit).ok().flatten().unwrap_or(16),
+                            ms: limits.frame_timeout.as_millis() as u64,
+                        })
+                    }
+                }
+            }
+        }
+        .map_err(|source| SessionError::Io { side: from, source })?;
         if n == 0 {
             if buf.is_empty() {
                 return Ok(());
@@ -360,6 +428,11 @@ where
         }
         // Make room for the rest of a partial frame (its length is already
         // validated), or for the next read.
+        partial_since = match (buf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, None) => Some(tokio::time::Instant::now()),
+            (false, since) => since,
+        };
         // Grow towards a large frame as its bytes arrive, never by the whole
         // claimed length at once: a peer that sends a header claiming 48 MB
         // and then trickles must not make every connection hold 48 MB.
