@@ -99,31 +99,35 @@ async fn cursors(State(shared): S) -> impl IntoResponse {
 
 /// The capture routes need `capture.control_token`, whatever admin.token is:
 /// starting a capture writes client traffic to disk.
-fn capture_allowed(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn capture_allowed(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &shared.config.capture.control_token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "capture control is off: set capture.control_token in the config\n",
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                "capture control is off: set capture.control_token in the config\n",
+            )
+                .into_response(),
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if given != Some(token.as_str()) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            "send Authorization: Bearer <capture.control_token>\n",
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <capture.control_token>\n",
+            )
+                .into_response(),
+        ));
     }
     Ok(())
 }
 
 async fn capture_start(State(shared): S, headers: HeaderMap) -> Response {
     if let Err(r) = capture_allowed(&shared, &headers) {
-        return r;
+        return *r;
     }
     match shared.capture.start() {
         Ok(path) => {
@@ -136,7 +140,7 @@ async fn capture_start(State(shared): S, headers: HeaderMap) -> Response {
 
 async fn capture_stop(State(shared): S, headers: HeaderMap) -> Response {
     if let Err(r) = capture_allowed(&shared, &headers) {
-        return r;
+        return *r;
     }
     // Joining the writer thread waits for its last flush: keep it off the
     // async workers.

@@ -10,7 +10,10 @@ use tracing::warn;
 /// Oldest driver versions that support a server of at least this
 /// maxWireVersion (from the drivers' published compatibility tables:
 /// 25 = MongoDB 8.0, 21 = 7.0, 17 = 6.0, 13 = 5.0).
-const MINIMUMS: &[(i64, &[(&str, (u32, u32))])] = &[
+/// (driver name, (major, minor)) pairs.
+type Minimums = &'static [(&'static str, (u32, u32))];
+
+const MINIMUMS: &[(i64, Minimums)] = &[
     (
         25,
         &[

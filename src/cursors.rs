@@ -132,7 +132,7 @@ impl Cursors {
                 }
             })
             .collect();
-        rows.sort_by(|a, b| b.idle_ms.cmp(&a.idle_ms));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.idle_ms));
         rows
     }
 }

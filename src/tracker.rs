@@ -139,7 +139,7 @@ impl Tracker {
                 }
             })
             .collect();
-        rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
         rows
     }
 }
