@@ -72,6 +72,7 @@ ensure_base_tools() {
     command -v cc >/dev/null || pkgs+=(gcc libc6-dev)
     command -v flock >/dev/null || pkgs+=(util-linux)
     command -v curl >/dev/null || pkgs+=(curl ca-certificates)
+    command -v tshark >/dev/null || pkgs+=(tshark) # tests/capture.rs decodes `capture export` output
     [ "${#pkgs[@]}" -eq 0 ] || ensure_apt "${pkgs[@]}"
 }
 
@@ -110,7 +111,7 @@ _ferretdb_ok() {
 _build_ferretdb() {
     _ferretdb_ok && return 0 # another process may have built it while we waited
     ensure_go
-    step "building FerretDB $FERRETDB_VERSION into $MONGOTAP_CACHE/bin (about 90 s the first time)"
+    step "building FerretDB $FERRETDB_VERSION into $MONGOTAP_CACHE/bin (1-4 min the first time)"
     local work=$MONGOTAP_CACHE/build/ferretdb-$FERRETDB_VERSION
     if [ -d "$work" ]; then chmod -R u+w "$work" && rm -rf "$work"; fi
     mkdir -p "$work" "$MONGOTAP_CACHE/bin"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small pymongo workload whose JSON summary can be compared across runs.
 
-Usage: workload.py URI DATABASE
+Usage: workload.py URI DATABASE [APP_NAME]
 
 tests/foundation.rs runs it once straight against FerretDB and once through
 mongotap and asserts the two summaries are equal, so the summary holds only
@@ -46,10 +46,11 @@ def count(listener, name):
 
 def main():
     uri, db_name = sys.argv[1], sys.argv[2]
+    app = sys.argv[3] if len(sys.argv) > 3 else "mongotap-tests-pymongo"
     listener = Commands()
     client = MongoClient(
         uri,
-        appname="mongotap-tests-pymongo",
+        appname=app,
         event_listeners=[listener],
         serverSelectionTimeoutMS=10000,
         socketTimeoutMS=30000,
@@ -95,7 +96,7 @@ def main():
     # command would read that stray reply and fail ("Got response id ...").
     # That client stays open until the write is seen, so closing it cannot
     # race the insert.
-    unacked = MongoClient(uri, appname="mongotap-tests-pymongo-w0", w=0, maxPoolSize=1)
+    unacked = MongoClient(uri, appname=f"{app}-w0", w=0, maxPoolSize=1)
     unacked[db_name]["items"].insert_one({"_id": W0_ID, "n": -1})
     deadline = time.monotonic() + 5
     while (w0 := coll.count_documents({"_id": W0_ID})) == 0 and time.monotonic() < deadline:
