@@ -22,6 +22,7 @@ mod shared;
 mod stats;
 mod tls;
 mod tracker;
+mod upstream_client;
 mod watchdog;
 
 use anyhow::Context;

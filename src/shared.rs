@@ -61,6 +61,8 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, tls: Tls) -> Self {
+        // Auto-explain connects to the same upstream the same way.
+        let explain_tls = tls.connector.clone();
         Shared {
             tls: ArcSwap::from_pointee(tls),
             stats: Stats::new(config.watch.max_series),
@@ -72,7 +74,8 @@ impl Shared {
                 &config.explain,
                 &config.proxy.upstream,
                 config.watch.log_values,
-            ),
+            )
+            .with_tls(explain_tls),
             config,
             counters: Counters::default(),
             tracker: Tracker::default(),

@@ -104,12 +104,21 @@ fn stop(child: &mut Child) {
 pub struct Ferret {
     child: Child,
     port: u16,
+    /// Extra command-line flags, kept for `restart`.
+    args: Vec<String>,
     /// Holds the SQLite files and FerretDB's log; removed on drop.
     dir: tempfile::TempDir,
 }
 
 impl Ferret {
     pub fn start() -> Ferret {
+        Ferret::start_with_args(&[])
+    }
+
+    /// Like `start`, with extra FerretDB flags (for example authentication:
+    /// `--test-enable-new-auth --setup-username=U ...`).
+    pub fn start_with_args(args: &[&str]) -> Ferret {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::Builder::new()
             .prefix("mongotap-ferretdb-")
             .tempdir()
@@ -119,9 +128,16 @@ impl Ferret {
         // make that a non-event instead of a flaky failure.
         for _ in 0..3 {
             let port = free_port();
-            let mut child = spawn_ferretdb(dir.path(), port);
+            let mut child = spawn_ferretdb(dir.path(), port, &args);
             match wait_accepting(SocketAddr::from(([127, 0, 0, 1], port)), &mut child) {
-                Ok(()) => return Ferret { child, port, dir },
+                Ok(()) => {
+                    return Ferret {
+                        child,
+                        port,
+                        args,
+                        dir,
+                    }
+                }
                 Err(e) => {
                     stop(&mut child);
                     last_error = e;
@@ -156,7 +172,7 @@ impl Ferret {
     /// directory, so a proxy pointed at it reconnects and sees the same data.
     pub fn restart(&mut self) {
         stop(&mut self.child);
-        self.child = spawn_ferretdb(self.dir.path(), self.port);
+        self.child = spawn_ferretdb(self.dir.path(), self.port, &self.args);
         if let Err(e) = wait_accepting(self.addr(), &mut self.child) {
             panic!("FerretDB did not come back on port {}: {e}", self.port);
         }
@@ -173,7 +189,7 @@ impl Drop for Ferret {
     }
 }
 
-fn spawn_ferretdb(dir: &Path, port: u16) -> Child {
+fn spawn_ferretdb(dir: &Path, port: u16, extra: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -190,6 +206,7 @@ fn spawn_ferretdb(dir: &Path, port: u16) -> Child {
         .arg("--debug-addr=127.0.0.1:0")
         .arg("--telemetry=disable")
         .arg("--log-level=warn")
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log fd"))
         .stderr(log)
