@@ -332,6 +332,20 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }
 
+    /// A copy safe to print: tokens and passwords replaced.
+    pub fn redacted(&self) -> Config {
+        let hide = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("<redacted>".into());
+            }
+        };
+        let mut c = self.clone();
+        hide(&mut c.admin.token);
+        hide(&mut c.explain.password);
+        hide(&mut c.capture.control_token);
+        c
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -400,6 +414,14 @@ impl Config {
                 && !rule.allow_disk_use
             {
                 return bad(format!("rewrite.rule #{n} has no action: set default_max_time_ms, max_time_ms_cap or allow_disk_use"));
+            }
+            if rule.commands.iter().any(|c| c == "explain") {
+                return bad(format!("rewrite.rule #{n}: `explain` is matched by the command it explains; name that command (e.g. \"aggregate\") instead"));
+            }
+            // The server rejects a maxTimeMS that does not fit an int32.
+            let too_big = |v: Option<u64>| v.is_some_and(|v| v > i32::MAX as u64);
+            if too_big(rule.default_max_time_ms) || too_big(rule.max_time_ms_cap) {
+                return bad(format!("rewrite.rule #{n}: time limits must be at most 2147483647 ms (the server rejects larger maxTimeMS values)"));
             }
             if rule.default_max_time_ms == Some(0) || rule.max_time_ms_cap == Some(0) {
                 return bad(format!("rewrite.rule #{n}: a time limit of 0 means unlimited; use a positive number of milliseconds"));

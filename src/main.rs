@@ -148,7 +148,7 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
     #[allow(clippy::print_stdout)]
     {
         println!("{}: ok", file.display());
-        println!("{cfg:#?}");
+        println!("{:#?}", cfg.redacted());
     }
     Ok(())
 }

@@ -159,6 +159,12 @@ impl Collector for ProxyCollector {
             c.failed.load(Relaxed),
         )?;
         rewrites(&mut enc, s)?;
+        counter(
+            &mut enc,
+            "mongotap_rewrites_skipped_op_query",
+            "Legacy OP_QUERY commands a rewrite rule matched but that were forwarded unchanged",
+            c.rewrites_skipped_op_query.load(Relaxed),
+        )?;
         gauge(
             &mut enc,
             "mongotap_connections_active",

@@ -301,6 +301,7 @@ impl Observe for RequestObserver<'_> {
             Message::Query(q) => {
                 let view = CommandView::parse(q.command())?;
                 let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                self.note_legacy_rewrite(&view, q.db());
                 self.command(header.request_id, &view, true, q.db(), None, captured);
                 Ok(None)
             }
@@ -322,6 +323,18 @@ impl Observe for RequestObserver<'_> {
 }
 
 impl RequestObserver<'_> {
+    /// Legacy OP_QUERY commands are never rewritten; count the ones a rule
+    /// would have applied to, so an operator can see what passed untouched.
+    fn note_legacy_rewrite(&self, view: &CommandView<'_>, db: &str) {
+        let shared = &self.conn.shared;
+        let policy = shared.policy.load();
+        let collection = view.collection().unwrap_or("");
+        let rule = policy.matching(view.name, db, collection, &self.meta.app);
+        if rule.is_some() && !rewrite::never_rewrite(view.name) {
+            shared.counters.rewrites_skipped_op_query.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Applies the first matching rewrite rule. Returns the new frame and
     /// what changed, or `None` to forward the original bytes. Unknown
     /// optional flag bits are cleared here too (they need a re-encode).

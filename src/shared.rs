@@ -34,6 +34,8 @@ pub struct Counters {
     pub cursors_leaked: AtomicU64,
     pub failed: AtomicU64,
     pub rewrites: AtomicU64,
+    /// Legacy OP_QUERY commands a rewrite rule matched but that were left alone.
+    pub rewrites_skipped_op_query: AtomicU64,
 }
 
 pub struct Shared {
