@@ -1,0 +1,175 @@
+//! The reply side: correlation by responseTo, latency samples, failures,
+//! cursors and capture of every reply.
+
+use super::{ConnState, Observe};
+use crate::cursors::CursorInfo;
+use crate::events;
+use crate::inspect::{with_message, Message};
+use crate::stats::Sample;
+use crate::tracker::Pending;
+use mongotap_proto::capture::Direction;
+use mongotap_proto::{DecodeError, ReplyView};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+pub struct ReplyObserver<'a> {
+    conn: &'a ConnState,
+}
+
+impl<'a> ReplyObserver<'a> {
+    pub fn new(conn: &'a ConnState) -> Self {
+        ReplyObserver { conn }
+    }
+
+    fn reply(
+        &mut self,
+        frame: &[u8],
+        (request_id, response_to): (i32, i32),
+        reply: &ReplyView<'_>,
+        more: bool,
+    ) {
+        let shared = &self.conn.shared;
+        if !shared.config.watch.track {
+            return;
+        }
+        let conn = self.conn.id.conn;
+        let Some(mut p) = shared.tracker.remove(conn, response_to) else {
+            shared.counters.unmatched_replies.fetch_add(1, Relaxed);
+            self.conn.capture(frame, Direction::ToClient, None);
+            return;
+        };
+        if let Some(redact) = p.capture {
+            if self.conn.captured && shared.capture.is_on() {
+                let client = &self.conn.client_label;
+                shared
+                    .capture
+                    .record(conn, client, Direction::ToClient, frame, redact);
+            }
+        }
+        if more {
+            // Exhaust cursor or streaming hello: the next reply answers
+            // this one. The command stays open until a reply without
+            // moreToCome.
+            p.request_id = request_id;
+            shared.tracker.insert(p);
+            return;
+        }
+        let _ = self
+            .conn
+            .pending
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        self.conn.slots.notify_one();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(p.started);
+        self.track_cursor(&p, reply, now);
+        if let Some(hosts) = reply.hosts {
+            events::warn_replica_set_hosts(shared, hosts);
+        }
+        if let Some(wire) = reply.max_wire_version {
+            crate::compat::check(shared, &p.meta, wire);
+        }
+        if p.awaiting {
+            return;
+        }
+        let error = reply.is_error();
+        let micros = elapsed.as_micros() as u64;
+        {
+            let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples.push(
+                Sample {
+                    summary: p.summary.clone(),
+                    meta: p.meta.clone(),
+                    micros,
+                    error,
+                },
+                now,
+                &shared.stats,
+            );
+        }
+        if error {
+            shared.counters.failed.fetch_add(1, Relaxed);
+            events::failed(&p, reply, elapsed);
+        } else if shared.config.watch.command_log {
+            events::succeeded(&p, elapsed);
+        }
+        if !p.explained {
+            shared.explainer.maybe_explain(&p, elapsed);
+        }
+        let slow_ms = shared.config.watch.slow_ms;
+        if elapsed.as_millis() as u64 >= slow_ms || p.stall_reports > 0 {
+            events::slow(&p, elapsed, p.stall_reports > 0);
+        }
+    }
+
+    fn track_cursor(&self, p: &Pending, reply: &ReplyView<'_>, now: Instant) {
+        let cursors = &self.conn.shared.cursors;
+        match &*p.summary.command {
+            "find" | "aggregate" => {
+                if let Some(id) = reply.cursor_id.filter(|&id| id != 0) {
+                    cursors.open(
+                        id,
+                        CursorInfo {
+                            conn: p.conn,
+                            summary: p.summary.clone(),
+                            meta: p.meta.clone(),
+                            awaiting: p.opens_awaiting_cursor,
+                            batches: 1,
+                            documents: reply.batch_len as u64,
+                            get_mores: 0,
+                            opened: now,
+                            last_activity: now,
+                        },
+                    );
+                }
+            }
+            "getMore" => {
+                if let Some(id) = p.cursor_id {
+                    let exhausted = reply.cursor_id == Some(0) || reply.is_failure();
+                    cursors.batch(id, reply.batch_len, exhausted, now);
+                }
+            }
+            "killCursors" => {
+                for id in p.killed_cursors.iter() {
+                    cursors.close(*id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Observe for ReplyObserver<'_> {
+    fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        self.conn.touch();
+        let limit = self.conn.shared.config.proxy.max_frame_bytes;
+        with_message(frame, limit, |header, _compressor, message| {
+            match message {
+                Message::Msg(msg) => {
+                    let view = ReplyView::parse(msg.body)?;
+                    let ids = (header.request_id, header.response_to);
+                    self.reply(frame, ids, &view, msg.more_to_come());
+                }
+                Message::Reply(r) => {
+                    let view = match r.first() {
+                        Some(doc) => ReplyView::parse(doc)?,
+                        None => ReplyView::default(),
+                    };
+                    let ids = (header.request_id, header.response_to);
+                    self.reply(frame, ids, &view, false);
+                }
+                Message::Query(_) => {
+                    self.conn.capture(frame, Direction::ToClient, None);
+                }
+                Message::Unknown => {
+                    self.conn.capture(frame, Direction::ToClient, None);
+                    self.conn
+                        .shared
+                        .counters
+                        .unknown_opcodes
+                        .fetch_add(1, Relaxed);
+                }
+            }
+            Ok(None)
+        })?
+    }
+}

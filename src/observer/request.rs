@@ -1,0 +1,268 @@
+//! The request side: handshake attribution, tracking, rewriting and
+//! capture of every command a client sends.
+
+use super::{ConnState, Observe};
+use crate::config::RewriteMode;
+use crate::events;
+use crate::inspect::{with_message, Message};
+use crate::meta::{ClientMeta, SummaryCache};
+use crate::tracker::Pending;
+use bson::raw::RawBsonRef;
+use bson::RawDocument;
+use mongotap_proto::capture::Direction;
+use mongotap_proto::op_compressed::{self, Compressor};
+use mongotap_proto::op_msg::{self, OpMsg};
+use mongotap_proto::rewrite::{self, Rewritten};
+use mongotap_proto::{CommandView, DecodeError, Header};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct RequestObserver<'a> {
+    conn: &'a ConnState,
+    meta: Arc<ClientMeta>,
+    handshake_seen: bool,
+    summaries: SummaryCache,
+}
+
+impl<'a> RequestObserver<'a> {
+    pub fn new(conn: &'a ConnState) -> Self {
+        RequestObserver {
+            conn,
+            meta: Arc::new(ClientMeta::default()),
+            handshake_seen: false,
+            summaries: SummaryCache::default(),
+        }
+    }
+
+    fn command(
+        &mut self,
+        request_id: i32,
+        view: &CommandView<'_>,
+        expects_reply: bool,
+        db_fallback: &str,
+        rewritten: Option<&Rewritten>,
+        capture: Option<bool>,
+    ) {
+        let shared = &self.conn.shared;
+        if !self.handshake_seen && view.is_hello() {
+            self.handshake_seen = true;
+            if let Some(meta) = ClientMeta::from_hello(view) {
+                self.meta = Arc::new(meta);
+            }
+        }
+        if !expects_reply {
+            // moreToCome on a request: w:0 writes. No reply will come.
+            shared.counters.fire_and_forget.fetch_add(1, Relaxed);
+            return;
+        }
+        if !shared.config.watch.track {
+            return;
+        }
+        let awaiting = view.is_awaitable_hello()
+            || (view.name == "getMore"
+                && view
+                    .cursor_id
+                    .is_some_and(|id| shared.cursors.is_awaiting(id)));
+        let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
+            || (view.name == "aggregate" && view.stages().next() == Some("$changeStream"));
+        let mut summary = self.summaries.get(view, db_fallback);
+        let mut injected_max_time = false;
+        if let Some(rw) = rewritten.filter(|rw| !rw.changes.is_empty()) {
+            // The tracker shows the limits in force, not the client's.
+            let mut s = (*summary).clone();
+            for c in &rw.changes {
+                match c.field {
+                    "maxTimeMS" => {
+                        s.max_time_ms = Some(c.after);
+                        injected_max_time = true;
+                    }
+                    _ => s.allow_disk_use = Some(true),
+                }
+            }
+            summary = Arc::new(s);
+        }
+        let comment = view
+            .comment
+            .and_then(|c| render_comment(c, shared.config.watch.log_values));
+        shared.tracker.insert(Pending {
+            conn: self.conn.id.conn,
+            request_id,
+            client: self.conn.id.client,
+            meta: self.meta.clone(),
+            summary,
+            comment,
+            started: Instant::now(),
+            awaiting,
+            opens_awaiting_cursor,
+            cursor_id: view.cursor_id,
+            killed_cursors: view
+                .cursors
+                .map(|ids| {
+                    ids.into_iter()
+                        .flatten()
+                        .filter_map(mongotap_proto::command::as_i64)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            stall_reports: 0,
+            injected_max_time,
+            explain_body: shared.explainer.body_for(view),
+            explained: false,
+            capture,
+        });
+        self.conn.pending.fetch_add(1, Relaxed);
+        if shared.config.watch.command_log {
+            events::started(self.conn, request_id, view, &self.meta);
+        }
+    }
+}
+
+/// A comment is shown when it is a short string; other types can carry
+/// values, so they only appear with `log_values = true`.
+fn render_comment(c: RawBsonRef<'_>, log_values: bool) -> Option<Arc<str>> {
+    const MAX: usize = 200;
+    let text = match c {
+        RawBsonRef::String(s) => s.to_string(),
+        _ if log_values => format!("{c:?}"),
+        _ => return Some(Arc::from("<non-string comment>")),
+    };
+    let mut end = text.len().min(MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(Arc::from(&text[..end]))
+}
+
+impl Observe for RequestObserver<'_> {
+    fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        self.conn.touch();
+        let limit = self.conn.shared.config.proxy.max_frame_bytes;
+        with_message(frame, limit, |header, compressor, message| match message {
+            Message::Msg(msg) => {
+                let view = CommandView::parse(msg.body)?;
+                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                let rewritten = self.rewrite(header, compressor, &msg, &view)?;
+                let applied = rewritten.as_ref().map(|(_, rw)| rw);
+                let more = msg.more_to_come();
+                self.command(header.request_id, &view, !more, "", applied, captured);
+                Ok(rewritten.map(|(bytes, _)| bytes))
+            }
+            Message::Query(q) => {
+                let view = CommandView::parse(q.command())?;
+                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                self.note_legacy_rewrite(&view, q.db());
+                self.command(header.request_id, &view, true, q.db(), None, captured);
+                Ok(None)
+            }
+            Message::Reply(_) => {
+                self.conn.capture(frame, Direction::ToServer, None);
+                Ok(None)
+            }
+            Message::Unknown => {
+                self.conn.capture(frame, Direction::ToServer, None);
+                self.conn
+                    .shared
+                    .counters
+                    .unknown_opcodes
+                    .fetch_add(1, Relaxed);
+                Ok(None)
+            }
+        })?
+    }
+}
+
+impl RequestObserver<'_> {
+    /// Legacy OP_QUERY commands are never rewritten; count the ones a rule
+    /// would have applied to, so an operator can see what passed untouched.
+    fn note_legacy_rewrite(&self, view: &CommandView<'_>, db: &str) {
+        let shared = &self.conn.shared;
+        let policy = shared.policy.load();
+        let collection = view.collection().unwrap_or("");
+        let rule = policy.matching(view.name, db, collection, &self.meta.app);
+        if rule.is_some() && !rewrite::never_rewrite(view.name) {
+            shared
+                .counters
+                .rewrites_skipped_op_query
+                .fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Applies the first matching rewrite rule. Returns the new frame and
+    /// what changed, or `None` to forward the original bytes. Unknown
+    /// optional flag bits are cleared here too (they need a re-encode).
+    fn rewrite(
+        &self,
+        header: &Header,
+        compressor: Option<Compressor>,
+        msg: &OpMsg<'_>,
+        view: &CommandView<'_>,
+    ) -> Result<Option<(Vec<u8>, Rewritten)>, DecodeError> {
+        let shared = &self.conn.shared;
+        let policy = shared.policy.load();
+        let db = view.db.unwrap_or("");
+        let collection = view.collection().unwrap_or("");
+        // `{explain: {aggregate: ...}}` is governed by the rule for the
+        // command it explains.
+        let explained = view.explain_view();
+        let name = explained.as_ref().map_or(view.name, |e| e.name);
+        let rule = policy.matching(name, db, collection, &self.meta.app);
+        let rewritten = match rule {
+            Some(rule) => rewrite::rewrite(view, &rule.limits)?,
+            None => None,
+        };
+        let unknown_flags = msg.unknown_optional_flags();
+        if rewritten.is_none() && unknown_flags == 0 {
+            return Ok(None);
+        }
+        let dry_run = policy.mode == RewriteMode::DryRun;
+        if let Some(rw) = &rewritten {
+            shared.count_rewrite(view.name, &rw.changes, dry_run);
+            events::rewritten(
+                self.conn,
+                header.request_id,
+                view,
+                &self.meta,
+                &rw.changes,
+                dry_run,
+            );
+            if dry_run && unknown_flags == 0 {
+                return Ok(None);
+            }
+        }
+        let owned_body;
+        let body = match (&rewritten, dry_run) {
+            (Some(rw), false) => {
+                owned_body = rw.body.as_slice();
+                RawDocument::from_bytes(owned_body).map_err(|e| DecodeError::InvalidBson {
+                    opcode: "OP_MSG",
+                    what: "rewritten body",
+                    reason: e.to_string(),
+                })?
+            }
+            _ => msg.body,
+        };
+        let flags = msg.flags & !unknown_flags;
+        let mut bytes = op_msg::encode(
+            header.request_id,
+            header.response_to,
+            flags,
+            body,
+            &msg.sequences,
+        );
+        if let Some(c) = compressor {
+            match op_compressed::compress(&bytes, c) {
+                Ok(b) => bytes = b,
+                // In-memory compression does not fail in practice; if it
+                // does, the original bytes are the safe thing to send.
+                Err(_) => return Ok(None),
+            }
+        }
+        let applied = rewritten.filter(|_| !dry_run).unwrap_or_else(|| Rewritten {
+            body: Vec::new(),
+            changes: Vec::new(),
+            max_time_ms: view.max_time_ms,
+        });
+        Ok(Some((bytes, applied)))
+    }
+}
