@@ -145,6 +145,9 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
         runtime: None,
     };
     let cfg = args.load()?;
+    // Certificates and keys are read at startup; a file the proxy could
+    // not load must not pass the check.
+    tls::Tls::load(&cfg.tls, &cfg.proxy.upstream).context("cannot load TLS settings")?;
     #[allow(clippy::print_stdout)]
     {
         println!("{}: ok", file.display());

@@ -128,7 +128,8 @@ pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: S
 
     // Each branch polls a pinned future that lives across iterations, so
     // nothing is lost when another branch wins: the pipes' only await
-    // points are `read_buf` (cancel-safe) and `write_all` of a whole chunk.
+    // points are `read_buf` (cancel-safe), `write_all` of a whole chunk
+    // and the `flush` after it.
     let mut draining = false;
     // Latency samples are published in batches; this bounds how stale
     // /stats can be for a connection that has gone quiet.
@@ -227,9 +228,31 @@ fn split_tcp(stream: TcpStream) -> (BoxRead, BoxWrite) {
     (Box::new(r), Box::new(w))
 }
 
+/// Splits a TLS stream.
 fn split_io<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (BoxRead, BoxWrite) {
     let (r, w) = tokio::io::split(stream);
-    (Box::new(r), Box::new(w))
+    (Box::new(CloseNotifyOptional(r)), Box::new(w))
+}
+
+/// Reads a TLS stream, taking a close without TLS `close_notify` as a plain
+/// EOF. Drivers close that way all the time, and so does mongotap. Every
+/// MongoDB frame carries its own length, so a frame cut short is still
+/// reported as truncated by `pipe`.
+struct CloseNotifyOptional<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for CloseNotifyOptional<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Accepts TLS from a client. A client that sends anything but a TLS
@@ -285,7 +308,7 @@ async fn connect_upstream(shared: &Shared, tls: &Tls) -> Result<(BoxRead, BoxWri
         Ok(Ok(stream)) => Ok(split_io(stream)),
         Ok(Err(source)) => Err(SessionError::UpstreamTls {
             addr: addr.clone(),
-            name: format!("{name:?}"),
+            name: name.to_str().into_owned(),
             source,
         }),
         Err(_) => Err(SessionError::ConnectTimeout {
@@ -378,6 +401,7 @@ where
         // Walk the complete frames in the buffer, observing each.
         let mut ready = 0;
         let mut failed = None;
+        let mut wrote = false;
         loop {
             match frame::complete_len(&buf[ready..], limit) {
                 Ok(Some(len)) => match observer.observe(&buf[ready..ready + len]) {
@@ -398,6 +422,7 @@ where
                             .write_all(&replacement)
                             .await
                             .map_err(|source| SessionError::Io { side: to, source })?;
+                        wrote = true;
                     }
                     Err(e) => {
                         failed = Some(e);
@@ -415,6 +440,18 @@ where
             let chunk = buf.split_to(ready).freeze();
             writer
                 .write_all(&chunk)
+                .await
+                .map_err(|source| SessionError::Io { side: to, source })?;
+            wrote = true;
+        }
+        // A TLS stream's write returns once rustls holds the bytes, even if
+        // the socket was full and the tail is still in rustls' buffer; only
+        // a flush sends it. Without one, the end of a reply would wait for
+        // the next write on this side, which may never come. For plain TCP
+        // this is a no-op.
+        if wrote {
+            writer
+                .flush()
                 .await
                 .map_err(|source| SessionError::Io { side: to, source })?;
         }
@@ -443,5 +480,132 @@ where
         if buf.capacity() - buf.len() < want {
             buf.reserve(want.max(READ_CHUNK.min(want * 2)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+    use mongotap_proto::{op_msg, MAX_MESSAGE_LEN};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::DuplexStream;
+
+    /// Forwards every frame unchanged.
+    struct PassThrough;
+
+    impl Observe for PassThrough {
+        fn observe(&mut self, _frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+            Ok(None)
+        }
+    }
+
+    /// Both ends of a TLS connection over an in-memory pipe that holds at
+    /// most `capacity` bytes in flight, like a socket buffer.
+    async fn tls_pair(
+        capacity: usize,
+    ) -> (
+        tokio_rustls::server::TlsStream<DuplexStream>,
+        tokio_rustls::client::TlsStream<DuplexStream>,
+    ) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let ring = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(ring.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(ring)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(capacity);
+        let name = ServerName::try_from("localhost").expect("name");
+        let (s, c) = tokio::join!(
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(a),
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b)
+        );
+        (s.expect("server handshake"), c.expect("client handshake"))
+    }
+
+    /// Drivers close TLS connections without `close_notify`: that is an
+    /// ordinary EOF, not a failed connection.
+    #[tokio::test]
+    async fn tls_close_without_close_notify_is_eof() {
+        let (server, client) = tls_pair(64 * 1024).await;
+        let (mut read, _write) = split_io(server);
+        drop(client);
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut byte))
+            .await
+            .expect("EOF in time")
+            .expect("a close without close_notify reads as EOF, not an error");
+        assert_eq!(n, 0);
+    }
+
+    /// A reply larger than the socket can take, but small enough for the
+    /// rest to fit in rustls' 64 KiB send buffer: `write_all` returns with
+    /// the tail still buffered. The client must still get the whole reply
+    /// although no further frame follows to push it out.
+    #[tokio::test]
+    async fn tls_tail_is_flushed_when_the_socket_was_full() {
+        let reply = op_msg::encode(
+            1,
+            7,
+            0,
+            &rawdoc! { "ok": 1.0, "pad": "x".repeat(40_000) },
+            &[],
+        );
+        let (server, mut client) = tls_pair(8 * 1024).await;
+        // The upstream: one reply, then silence (kept open, so no EOF).
+        let (mut upstream, source) = tokio::io::duplex(64 * 1024);
+        upstream.write_all(&reply).await.expect("feed");
+        let (_server_read, server_write) = tokio::io::split(server);
+        let forward = tokio::spawn(async move {
+            pipe(
+                Side::Upstream,
+                source,
+                server_write,
+                Limits {
+                    frame: MAX_MESSAGE_LEN,
+                    frame_timeout: Duration::from_secs(60),
+                    gate: None,
+                },
+                &mut PassThrough,
+            )
+            .await
+        });
+        // The client reads only once the pipe has filled the socket.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut got = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 4096];
+            while got.len() < reply.len() {
+                let n = client.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "connection closed after {} bytes", got.len());
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let whole = tokio::time::timeout(Duration::from_secs(5), read).await;
+        forward.abort();
+        assert!(
+            whole.is_ok(),
+            "the end of the reply stayed in the TLS buffer: {} of {} bytes arrived",
+            got.len(),
+            reply.len()
+        );
+        assert_eq!(got, reply);
+        drop(upstream);
     }
 }
