@@ -296,3 +296,170 @@ impl RawClient {
         )
     }
 }
+
+// ---------------------------------------------------------------------------
+// Compression, recording and driver-shaped replies (tests/drivers.rs).
+// Additions only: nothing above changes behaviour.
+
+/// The command names a server never compresses, in either direction.
+pub const NEVER_COMPRESSED: &[&str] = &[
+    "hello",
+    "isMaster",
+    "ismaster",
+    "saslStart",
+    "saslContinue",
+    "getnonce",
+    "authenticate",
+    "createUser",
+    "updateUser",
+    "copydbsaslstart",
+    "copydbgetnonce",
+    "copydb",
+];
+
+/// The compressor a server that supports snappy, zlib and zstd picks from a
+/// hello's `compression` list: the client's first supported one.
+pub fn negotiate(hello: &bson::RawDocument) -> Option<Compressor> {
+    let list = hello.get_array("compression").ok()?;
+    list.into_iter()
+        .filter_map(|v| v.ok()?.as_str())
+        .find_map(|name| match name {
+            "snappy" => Some(Compressor::Snappy),
+            "zlib" => Some(Compressor::Zlib),
+            "zstd" => Some(Compressor::Zstd),
+            _ => None,
+        })
+}
+
+/// A hello reply that accepts `compressor`, as a server that negotiated it.
+pub fn hello_reply_with(compressor: Option<Compressor>) -> RawDocumentBuf {
+    let mut body = hello_reply_doc();
+    if let Some(c) = compressor {
+        let mut list = bson::RawArrayBuf::new();
+        list.push(c.name());
+        body.append(bson::cstr!("compression"), list);
+    }
+    body
+}
+
+/// The smallest reply each command a driver sends in the compression test
+/// accepts: ping and anything unknown get `{ok: 1}`, an insert `{n: 1}` and a
+/// find one document (`{_id: 1}`) in an exhausted cursor.
+pub fn minimal_reply_doc(req: &Received) -> RawDocumentBuf {
+    let command = req.command.as_deref();
+    let db = command
+        .and_then(|c| c.get_str("$db").ok())
+        .unwrap_or("test");
+    match req.name().as_str() {
+        "insert" => rawdoc! { "n": 1, "ok": 1.0 },
+        "find" => {
+            let coll = command.and_then(|c| c.get_str("find").ok()).unwrap_or("c");
+            rawdoc! {
+                "cursor": {
+                    "firstBatch": [{ "_id": 1 }],
+                    "id": 0_i64,
+                    "ns": format!("{db}.{coll}"),
+                },
+                "ok": 1.0,
+            }
+        }
+        _ => rawdoc! { "ok": 1.0 },
+    }
+}
+
+/// A script for a server that supports snappy, zlib and zstd: a hello (OP_MSG
+/// or legacy OP_QUERY) that offers `compression` gets the first compressor it
+/// supports back, and from then on every reply on that connection except to
+/// the never-compressed commands is OP_COMPRESSED with that compressor.
+/// Other commands get `minimal_reply_doc`.
+pub fn compressing() -> impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static {
+    let negotiated: Mutex<std::collections::HashMap<usize, Compressor>> = Mutex::default();
+    move |req: &Received| {
+        let name = req.name();
+        if matches!(name.as_str(), "hello" | "isMaster" | "ismaster") {
+            let chosen = req.command.as_deref().and_then(negotiate);
+            if let Some(c) = chosen {
+                negotiated.lock().expect("lock").insert(req.conn, c);
+            }
+            let body = hello_reply_with(chosen);
+            if req.header.op_code == OpCode::Query {
+                return vec![Step::Send(legacy_reply(req, &body))];
+            }
+            return vec![Step::Send(reply(req, &body))];
+        }
+        if req.flags & op_msg::MORE_TO_COME != 0 {
+            return vec![];
+        }
+        let plain = reply(req, &minimal_reply_doc(req));
+        let chosen = negotiated.lock().expect("lock").get(&req.conn).copied();
+        match chosen {
+            Some(c) if !NEVER_COMPRESSED.contains(&name.as_str()) => vec![Step::Send(
+                op_compressed::compress(&plain, c).expect("compress reply"),
+            )],
+            _ => vec![Step::Send(plain)],
+        }
+    }
+}
+
+impl Scripted {
+    /// An upstream that negotiates compression (see `compressing`).
+    pub async fn compressing() -> Scripted {
+        Scripted::start(compressing()).await
+    }
+}
+
+/// Wraps `script` so that every frame it sends is also appended to `sent`,
+/// for tests that compare what the client received with what the upstream
+/// sent, byte for byte.
+pub fn recording(
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static,
+) -> impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static {
+    move |req: &Received| {
+        let steps = script(req);
+        let mut log = sent.lock().expect("lock");
+        for step in &steps {
+            if let Step::Send(bytes) = step {
+                log.push(bytes.clone());
+            }
+        }
+        steps
+    }
+}
+
+/// A legacy OP_QUERY command (`db.$cmd`, numberToReturn -1), as drivers send
+/// their first `isMaster`.
+pub fn legacy_query(request_id: i32, db: &str, command: &RawDocumentBuf) -> Vec<u8> {
+    op_query::encode(
+        request_id,
+        0,
+        &op_query::OpQuery {
+            flags: 0,
+            full_collection_name: &format!("{db}.$cmd"),
+            number_to_skip: 0,
+            number_to_return: -1,
+            query: command,
+            return_fields_selector: None,
+        },
+    )
+}
+
+impl RawClient {
+    /// The next frame, decompressed if it came as OP_COMPRESSED, with the
+    /// compressor it used.
+    pub async fn recv_decompressed(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<(Vec<u8>, Vec<u8>, Option<Compressor>)> {
+        let raw = self.recv(timeout).await?;
+        let header = Header::parse(&raw).expect("header");
+        if header.op_code != OpCode::Compressed {
+            return Some((raw.clone(), raw, None));
+        }
+        let c = op_compressed::parse(&raw, MAX_MESSAGE_LEN)
+            .expect("OP_COMPRESSED")
+            .compressor;
+        let inner = op_compressed::decompress(&raw, MAX_MESSAGE_LEN).expect("decompress");
+        Some((raw, inner, Some(c)))
+    }
+}
