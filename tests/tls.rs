@@ -1086,3 +1086,67 @@ fn check_config_rejects_unreadable_certificates() {
     assert!(!out.status.success(), "check-config accepted {stderr}");
     assert!(stderr.contains(path(&missing)), "{stderr}");
 }
+
+/// The commented-out `[tls.*]` sections of the shipped config.toml, with
+/// their keys uncommented and pointed at real files, pass check-config: the
+/// documented keys exist and load.
+#[test]
+fn shipped_config_documents_real_tls_keys() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .expect("read config.toml");
+    let dir = tempdir();
+    let proxy_ca = Ca::new(dir.path(), "proxy");
+    let apps_ca = Ca::new(dir.path(), "apps");
+    let db_ca = Ca::new(dir.path(), "db");
+    let server = proxy_ca.server("proxy-server");
+    let client = db_ca.client("mongotap-client", "mongotap");
+    let mut config = String::new();
+    let mut section = None;
+    let mut keys = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("# [tls.")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            config += &format!("[tls.{name}]\n");
+            section = Some(name.to_string());
+            continue;
+        }
+        let (Some(side), Some((key, _))) = (
+            section.as_deref(),
+            line.strip_prefix("# ").and_then(|l| l.split_once(" = \"")),
+        ) else {
+            continue;
+        };
+        if !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        let value = match (side, key) {
+            ("client", "cert") => path(&server.cert),
+            ("client", "key") => path(&server.key),
+            ("client", "ca") => path(&apps_ca.pem),
+            ("upstream", "ca") => path(&db_ca.pem),
+            ("upstream", "server_name") => "localhost",
+            ("upstream", "cert") => path(&client.cert),
+            ("upstream", "key") => path(&client.key),
+            other => panic!("config.toml documents an unexpected TLS key {other:?}"),
+        };
+        config += &format!("{key} = \"{value}\"\n");
+        keys.push(format!("{side}.{key}"));
+    }
+    assert_eq!(
+        keys.len(),
+        7,
+        "expected every [tls.client] and [tls.upstream] key in config.toml, found {keys:?}"
+    );
+    let file = write_config(dir.path(), &config);
+    let out = Command::new(env!("CARGO_BIN_EXE_mongotap"))
+        .args(["check-config", path(&file)])
+        .output()
+        .expect("run check-config");
+    assert!(
+        out.status.success(),
+        "{config}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

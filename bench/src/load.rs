@@ -3,6 +3,11 @@
 //! Each connection sends one OP_MSG `find`, waits for its reply, and only
 //! then sends the next, so throughput is bounded by round-trip latency, the
 //! thing a proxy adds to. Every round trip is timed into an HDR histogram.
+//!
+//! With `--tls-ca` the connections speak TLS (rustls, ring). With
+//! `--handshakes` each connection slot instead loops over connect, TLS
+//! handshake (a full one: no session resumption) and `hello`, then closes:
+//! the rate of new connections a proxy sustains.
 
 use anyhow::{bail, ensure, Context};
 use bson::{rawdoc, RawDocumentBuf};
@@ -10,14 +15,19 @@ use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use mongotap_bench::{Flag, Flags, Flavor};
 use mongotap_proto::{decode, op_msg, Frame, OpCode, MAX_MESSAGE_LEN};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 const USAGE: &str = "bench-load: closed-loop MongoDB load client
 
 Usage: bench-load --target ADDR --connections N --duration-secs S
-                  [--warmup-secs W] [--json] [--runtime current|multi]";
+                  [--warmup-secs W] [--json] [--runtime current|multi]
+                  [--tls-ca FILE] [--handshakes]";
 
 const FLAGS: &[Flag] = &[
     Flag {
@@ -49,6 +59,16 @@ const FLAGS: &[Flag] = &[
         name: "runtime",
         value: Some("FLAVOR"),
         help: "tokio runtime: current (default, one thread) or multi",
+    },
+    Flag {
+        name: "tls-ca",
+        value: Some("FILE"),
+        help: "speak TLS, trusting the PEM CA bundle FILE (the name checked is the target's host)",
+    },
+    Flag {
+        name: "handshakes",
+        value: None,
+        help: "count new connections (connect, TLS handshake, hello, close) per second instead of finds",
     },
 ];
 
@@ -87,12 +107,22 @@ fn run_main() -> anyhow::Result<()> {
         measure_from: Duration::from_secs_f64(warmup),
         measure_for: Duration::from_secs_f64(duration),
     };
-    let result = flavor.build()?.block_on(run(&target, connections, plan))?;
+    let tls = flags
+        .get::<String>("tls-ca")?
+        .map(|ca| Tls::new(&ca, &target))
+        .transpose()?;
+    let dialer = Arc::new(Dialer { target, tls });
+    let runtime = flavor.build()?;
+    let result = if flags.has("handshakes") {
+        runtime.block_on(handshakes(Arc::clone(&dialer), connections, plan))?
+    } else {
+        runtime.block_on(run(&dialer, connections, plan))?
+    };
     let report = Report::new(connections, duration, &result);
     if flags.has("json") {
         println!("{}", report.json());
     } else {
-        println!("{}", report.text(&target));
+        println!("{}", report.text(&dialer.target));
     }
     Ok(())
 }
@@ -114,9 +144,10 @@ struct Measured {
 
 /// Connects all connections first, then starts the clock for all of them at
 /// once, so slow connects do not eat into the warm-up.
-async fn run(target: &str, connections: usize, plan: Plan) -> anyhow::Result<Measured> {
+async fn run(dialer: &Dialer, connections: usize, plan: Plan) -> anyhow::Result<Measured> {
+    let target = &dialer.target;
     // A target that accepts but never answers the hello must not hang the run.
-    let socks = match tokio::time::timeout(GRACE, connect_all(target, connections)).await {
+    let socks = match tokio::time::timeout(GRACE, connect_all(dialer, connections)).await {
         Ok(socks) => socks?,
         Err(_) => bail!("connecting and saying hello to {target} took over {GRACE:?}"),
     };
@@ -151,18 +182,185 @@ async fn run(target: &str, connections: usize, plan: Plan) -> anyhow::Result<Mea
     }
 }
 
-async fn connect_all(target: &str, connections: usize) -> anyhow::Result<Vec<Conn>> {
+async fn connect_all(dialer: &Dialer, connections: usize) -> anyhow::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(connections);
     for i in 0..connections {
-        let sock = TcpStream::connect(target)
+        let conn = dialer
+            .connect()
             .await
-            .with_context(|| format!("connection {i}: connecting to {target}"))?;
-        let conn = handshake(sock)
-            .await
-            .with_context(|| format!("connection {i}: hello"))?;
+            .with_context(|| format!("connection {i}"))?;
         conns.push(conn);
     }
     Ok(conns)
+}
+
+/// TLS settings shared by every connection.
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    /// The name the server's certificate must be valid for.
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Tls {
+    fn new(ca: &str, target: &str) -> anyhow::Result<Tls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {ca}"))? {
+            roots.add(cert.with_context(|| format!("parsing {ca}"))?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // Every connection makes a full handshake: the expensive case, and
+        // what a restarted application fleet does.
+        config.resumption = rustls::client::Resumption::disabled();
+        let host = target
+            .rsplit_once(':')
+            .map_or(target, |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']');
+        let name = ServerName::try_from(host.to_string())
+            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+/// Opens connections to the target, in plaintext or over TLS.
+struct Dialer {
+    target: String,
+    tls: Option<Tls>,
+}
+
+impl Dialer {
+    /// Connects, completes the TLS handshake if any, and says hello.
+    async fn connect(&self) -> anyhow::Result<Conn> {
+        let target = &self.target;
+        let tcp = TcpStream::connect(target)
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
+        tcp.set_nodelay(true)?;
+        let sock = match &self.tls {
+            None => Sock::Plain(tcp),
+            Some(tls) => Sock::Tls(Box::new(
+                tls.connector
+                    .connect(tls.name.clone(), tcp)
+                    .await
+                    .with_context(|| format!("TLS handshake with {target}"))?,
+            )),
+        };
+        handshake(sock).await.context("hello")
+    }
+}
+
+/// Either kind of connection. A `match` per call keeps plaintext runs free
+/// of dynamic dispatch.
+enum Sock {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Sock::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Plain(s) => Pin::new(s).poll_flush(cx),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// `--handshakes`: each of `connections` slots loops over connect, TLS
+/// handshake, hello and close. One loop is one op; its latency is the
+/// whole loop.
+async fn handshakes(
+    dialer: Arc<Dialer>,
+    connections: usize,
+    plan: Plan,
+) -> anyhow::Result<Measured> {
+    let start = Instant::now();
+    let measure_from = start + plan.measure_from;
+    let end = measure_from + plan.measure_for;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..connections {
+        let dialer = Arc::clone(&dialer);
+        tasks.spawn(async move {
+            let mut m = Measured {
+                ops: 0,
+                hist: new_histogram()?,
+            };
+            loop {
+                let began = Instant::now();
+                if began >= end {
+                    break;
+                }
+                let conn = dialer
+                    .connect()
+                    .await
+                    .with_context(|| format!("connection slot {i}"))?;
+                // Closed without TLS close_notify, as drivers do.
+                drop(conn);
+                let done = Instant::now();
+                if done >= measure_from && done < end {
+                    let ns = u64::try_from((done - began).as_nanos()).unwrap_or(u64::MAX);
+                    m.hist.saturating_record(ns);
+                    m.ops += 1;
+                }
+            }
+            anyhow::Ok(m)
+        });
+    }
+    let collect = async {
+        let mut total = Measured {
+            ops: 0,
+            hist: new_histogram()?,
+        };
+        while let Some(joined) = tasks.join_next().await {
+            let m = joined.context("connection task panicked")??;
+            total.ops += m.ops;
+            total.hist.add(&m.hist)?;
+        }
+        anyhow::Ok(total)
+    };
+    let deadline = plan.measure_from + plan.measure_for + GRACE;
+    match tokio::time::timeout(deadline, collect).await {
+        Ok(total) => total,
+        Err(_) => bail!("a connection was still opening {GRACE:?} after the run ended"),
+    }
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {
@@ -171,7 +369,7 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 
 /// One connection with its read buffer and request counter.
 struct Conn {
-    sock: TcpStream,
+    sock: Sock,
     inbuf: BytesMut,
     next_id: i32,
 }
@@ -184,6 +382,8 @@ impl Conn {
         self.next_id = self.next_id.wrapping_add(1);
         request[4..8].copy_from_slice(&id.to_le_bytes());
         self.sock.write_all(request).await?;
+        // TLS may hold the tail of a write back until flushed; a no-op for TCP.
+        self.sock.flush().await?;
         let frame = loop {
             // decode() is called before every read because one read may
             // already hold the whole reply; it leaves partial frames in place.
@@ -210,8 +410,7 @@ impl Conn {
 
 /// Connects the way a driver does: TCP_NODELAY and a hello first, so a proxy
 /// sees a normal handshake (with an app name) before the timed traffic.
-async fn handshake(sock: TcpStream) -> anyhow::Result<Conn> {
-    sock.set_nodelay(true)?;
+async fn handshake(sock: Sock) -> anyhow::Result<Conn> {
     let mut conn = Conn {
         sock,
         inbuf: BytesMut::with_capacity(16 * 1024),
