@@ -10,11 +10,13 @@ mod cursors;
 mod error;
 mod events;
 mod explain;
+mod export;
 mod inspect;
 mod logging;
 mod meta;
 mod metrics;
 mod observer;
+mod replay;
 mod rewrite;
 mod server;
 mod session;
@@ -55,6 +57,20 @@ enum Command {
         /// The TOML config file to check.
         file: PathBuf,
     },
+    /// Replay captured traffic against a server and compare latency and
+    /// results per command and namespace.
+    Replay(replay::ReplayArgs),
+    /// Work with capture files ([capture] in the config).
+    Capture {
+        #[command(subcommand)]
+        command: CaptureCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaptureCommand {
+    /// Write capture files as a pcapng that Wireshark opens as MongoDB.
+    Export(export::ExportArgs),
 }
 
 #[derive(Args)]
@@ -123,6 +139,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(&args),
         Command::CheckConfig { file } => check_config(file),
+        Command::Replay(args) => replay::run(&args).map_err(Into::into),
+        Command::Capture {
+            command: CaptureCommand::Export(args),
+        } => export::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
