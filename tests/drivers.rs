@@ -609,7 +609,7 @@ async fn negotiates_each_compressor(driver: Driver) {
         let out = run(driver, "compress", &tap.uri(), c.name(), &app).await;
         assert_eq!(
             out,
-            json!({"compressor": c.name(), "ping": true, "inserted": 1, "found": [1]}),
+            json!({"compressor": c.name(), "ping": true, "inserted": 2, "found": [1]}),
             "{driver:?} with {}",
             c.name()
         );
@@ -655,6 +655,14 @@ async fn negotiates_each_compressor(driver: Driver) {
                     "{app}: {name} must arrive as OP_COMPRESSED with {}",
                     c.name()
                 );
+                if name == "insert" {
+                    assert_eq!(
+                        scripted::sequences(r),
+                        vec![("documents".to_owned(), 2)],
+                        "{app}: insert_many's documents travel as a kind-1 sequence"
+                    );
+                    assert_eq!(scripted::inserted_documents(r), 2, "{app}");
+                }
             }
         }
         // mongotap decompressed them to count them, under the driver's app.

@@ -342,16 +342,53 @@ pub fn hello_reply_with(compressor: Option<Compressor>) -> RawDocumentBuf {
     body
 }
 
+/// The document sequences of a received OP_MSG (decompressed first if it
+/// came compressed), as (identifier, number of documents).
+pub fn sequences(req: &Received) -> Vec<(String, usize)> {
+    let plain = match req.compressor {
+        Some(_) => match op_compressed::decompress(&req.raw, MAX_MESSAGE_LEN) {
+            Ok(p) => p,
+            Err(_) => return Vec::new(),
+        },
+        None => req.raw.clone(),
+    };
+    match op_msg::parse(&plain) {
+        Ok(m) => m
+            .sequences
+            .iter()
+            .map(|s| (s.identifier.to_owned(), s.iter().count()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// How many documents an insert carries, in a `documents` sequence or in
+/// the body's `documents` array.
+pub fn inserted_documents(req: &Received) -> usize {
+    let in_sequence: usize = sequences(req)
+        .iter()
+        .filter(|(id, _)| id == "documents")
+        .map(|(_, n)| n)
+        .sum();
+    let in_body = req
+        .command
+        .as_deref()
+        .and_then(|c| c.get_array("documents").ok())
+        .map_or(0, |a| a.into_iter().count());
+    in_sequence + in_body
+}
+
 /// The smallest reply each command a driver sends in the compression test
-/// accepts: ping and anything unknown get `{ok: 1}`, an insert `{n: 1}` and a
-/// find one document (`{_id: 1}`) in an exhausted cursor.
+/// accepts: ping and anything unknown get `{ok: 1}`, an insert `{n: <its
+/// document count>}` and a find one document (`{_id: 1}`) in an exhausted
+/// cursor.
 pub fn minimal_reply_doc(req: &Received) -> RawDocumentBuf {
     let command = req.command.as_deref();
     let db = command
         .and_then(|c| c.get_str("$db").ok())
         .unwrap_or("test");
     match req.name().as_str() {
-        "insert" => rawdoc! { "n": 1, "ok": 1.0 },
+        "insert" => rawdoc! { "n": inserted_documents(req) as i32, "ok": 1.0 },
         "find" => {
             let coll = command.and_then(|c| c.get_str("find").ok()).unwrap_or("c");
             rawdoc! {

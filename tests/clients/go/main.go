@@ -10,7 +10,8 @@
 //	    getMore round trips); commands counts every command this client's
 //	    command monitor saw start, to compare with mongotap's /stats.
 //	mongotap-go-client compress URI COMPRESSOR APP
-//	    Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insert, find.
+//	    Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insert_many
+//	    of two documents, find.
 //	mongotap-go-client monitor URI DB APP
 //	    The seed scenario: prints every command-monitoring event as a JSON line
 //	    ({"event":"started"|"succeeded"|"failed","command","request_id"}),
@@ -271,13 +272,13 @@ func compress(uri, compressor, app string) {
 	client := connect(uri+sep+"compressors="+compressor, app, nil)
 	coll := client.Database("matrix").Collection("items")
 	check(client.Database("admin").RunCommand(ctx, bson.D{{Key: "ping", Value: 1}}).Err(), "ping")
-	_, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: 1}})
+	_, err := coll.InsertMany(ctx, []any{bson.D{{Key: "_id", Value: 1}}, bson.D{{Key: "_id", Value: 2}}})
 	check(err, "insert")
 	cur, err := coll.Find(ctx, bson.D{})
 	check(err, "find")
 	found := ids(ctx, cur)
 	check(client.Disconnect(ctx), "disconnect")
-	printJSON(map[string]any{"compressor": compressor, "ping": true, "inserted": 1, "found": found})
+	printJSON(map[string]any{"compressor": compressor, "ping": true, "inserted": 2, "found": found})
 }
 
 // monitor is the seed scenario: command monitoring as JSON lines, and an

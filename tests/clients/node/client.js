@@ -9,7 +9,8 @@
 //       trips); commands counts every command this client's command monitor
 //       saw start, to compare with mongotap's /stats.
 //   node client.js compress URI COMPRESSOR APP
-//       Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insert, find.
+//       Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insertMany of
+//       two documents, find.
 //
 // The Go, Python, Java and Rust clients run the same steps with the same
 // constants and must print the same results.
@@ -132,10 +133,10 @@ async function compress(uri, compressor, app) {
   const client = connect(uri, app, { compressors: [compressor] });
   const coll = client.db('matrix').collection('items');
   await client.db('admin').command({ ping: 1 });
-  await coll.insertOne({ _id: 1 });
+  await coll.insertMany([{ _id: 1 }, { _id: 2 }]);
   const found = ids(await coll.find({}).toArray());
   await client.close();
-  return { compressor, ping: true, inserted: 1, found };
+  return { compressor, ping: true, inserted: 2, found };
 }
 
 async function main() {

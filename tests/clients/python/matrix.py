@@ -8,7 +8,8 @@ Usage:
       codes, getMore round trips); `commands` counts every command this
       client's command monitor saw start, to compare with mongotap's /stats.
   matrix.py compress URI COMPRESSOR APP
-      Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insert, find.
+      Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insert_many of
+      two documents, find.
 
 The Go, Node, Java and Rust clients in tests/clients run the same steps with
 the same constants and must print the same `results`.
@@ -143,10 +144,10 @@ def compress(uri, compressor, app):
     client = connect(uri, app, compressors=compressor)
     coll = client["matrix"]["items"]
     client.admin.command("ping")
-    coll.insert_one({"_id": 1})
+    coll.insert_many([{"_id": 1}, {"_id": 2}])
     found = ids(coll.find({}))
     client.close()
-    return {"compressor": compressor, "ping": True, "inserted": 1, "found": found}
+    return {"compressor": compressor, "ping": True, "inserted": 2, "found": found}
 
 
 def main():

@@ -296,7 +296,8 @@ pub async fn workload(uri: &str, db_name: &str, app: &str) -> Result<Value, Stri
     }))
 }
 
-/// Negotiates `compressor` (snappy, zlib or zstd), then ping, insert, find.
+/// Negotiates `compressor` (snappy, zlib or zstd), then ping, insert_many of
+/// two documents, find.
 pub async fn compress(uri: &str, compressor: &str, app: &str) -> Result<Value, String> {
     let sep = if uri.contains('?') { '&' } else { '?' };
     let client = connect(&format!("{uri}{sep}compressors={compressor}"), app, None).await?;
@@ -307,7 +308,7 @@ pub async fn compress(uri: &str, compressor: &str, app: &str) -> Result<Value, S
         .await
         .map_err(err("ping"))?;
     let coll: Collection<Document> = client.database("matrix").collection("items");
-    coll.insert_one(doc! { "_id": 1 })
+    coll.insert_many([doc! { "_id": 1 }, doc! { "_id": 2 }])
         .await
         .map_err(err("insert"))?;
     let found: Vec<Document> = coll
@@ -318,5 +319,5 @@ pub async fn compress(uri: &str, compressor: &str, app: &str) -> Result<Value, S
         .await
         .map_err(err("find cursor"))?;
     client.shutdown().await;
-    Ok(json!({ "compressor": compressor, "ping": true, "inserted": 1, "found": ids(&found) }))
+    Ok(json!({ "compressor": compressor, "ping": true, "inserted": 2, "found": ids(&found) }))
 }

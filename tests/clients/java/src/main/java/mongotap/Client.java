@@ -8,7 +8,8 @@
 //       trips); commands counts every command this client's CommandListener
 //       saw start, to compare with mongotap's /stats.
 //   java -jar mongotap-java-client.jar compress URI COMPRESSOR APP
-//       Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insert, find.
+//       Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insertMany of
+//       two documents, find.
 //
 // The Go, Python, Node and Rust clients run the same steps with the same
 // constants and must print the same results.
@@ -249,9 +250,9 @@ public final class Client {
         try (MongoClient client = connect(uri + sep + "compressors=" + compressor, app, null, 0)) {
             MongoCollection<Document> coll = client.getDatabase("matrix").getCollection("items");
             client.getDatabase("admin").runCommand(new Document("ping", 1));
-            coll.insertOne(new Document("_id", 1));
+            coll.insertMany(List.of(new Document("_id", 1), new Document("_id", 2)));
             List<Object> found = ids(coll.find());
-            return new Document("compressor", compressor).append("ping", true).append("inserted", 1)
+            return new Document("compressor", compressor).append("ping", true).append("inserted", 2)
                     .append("found", found);
         }
     }
