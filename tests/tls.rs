@@ -556,17 +556,25 @@ async fn rust_driver_over_client_tls_matches_direct() {
     assert_eq!(direct, proxied, "results over TLS through mongotap differ");
 
     // The TLS traffic was decoded, not just relayed: mongotap saw the finds.
-    let (status, stats) = tap.admin_get("/stats");
-    assert_eq!(status, 200);
-    let stats: Value = serde_json::from_str(&stats).expect("stats JSON");
-    assert!(
-        stats["commands"]
-            .as_array()
-            .expect("commands")
-            .iter()
-            .any(|c| c["command"] == "find" && c["db"] == proxied_db.as_str()),
-        "no find for {proxied_db} in /stats: {stats}"
-    );
+    // Latency samples are published in batches, so poll for them.
+    let deadline = Instant::now() + EVENT;
+    loop {
+        let (status, stats) = tap.admin_get("/stats");
+        assert_eq!(status, 200);
+        let stats: Value = serde_json::from_str(&stats).expect("stats JSON");
+        let seen = stats["commands"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["command"] == "find" && c["db"] == proxied_db.as_str())
+        });
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no find for {proxied_db} in /stats: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(tap.events("decode_error").is_empty());
     assert_clean_closes(&tap).await;
 }
@@ -1104,6 +1112,11 @@ fn shipped_config_documents_real_tls_keys() {
     let mut section = None;
     let mut keys = Vec::new();
     for line in text.lines() {
+        // Any other table, commented out or not, ends a TLS section.
+        if line.starts_with('[') || (line.starts_with("# [") && !line.starts_with("# [tls.")) {
+            section = None;
+            continue;
+        }
         if let Some(name) = line
             .strip_prefix("# [tls.")
             .and_then(|r| r.strip_suffix(']'))
