@@ -83,7 +83,11 @@ pub fn unique_db(test: &str) -> String {
 fn wait_accepting(addr: SocketAddr, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        // Another process may hold the port we picked: only our child's
+        // own listening socket counts.
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            && listens_on(child.id(), addr.port())
+        {
             return Ok(());
         }
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
@@ -92,6 +96,34 @@ fn wait_accepting(addr: SocketAddr, child: &mut Child) -> Result<(), String> {
         thread::sleep(Duration::from_millis(20));
     }
     Err(format!("did not accept on {addr} within {START_TIMEOUT:?}"))
+}
+
+/// Whether process `pid` owns the socket listening on 127.0.0.1:`port`
+/// (Linux: match the LISTEN socket's inode in /proc/net/tcp against the
+/// process's file descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true; // not Linux: trust the connect
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // f[1] local address, f[3] state (0A = LISTEN), f[9] inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
+    })
 }
 
 fn stop(child: &mut Child) {
