@@ -94,24 +94,29 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             },
             _ = shutdown.drain.cancelled() => break,
         };
-        let active = shared.counters.connections_active.load(Relaxed);
-        if active >= shared.config.proxy.max_connections as i64 {
+        let Some(active) = shared.try_admit(shared.config.proxy.max_connections) else {
             shared.counters.connections_refused.fetch_add(1, Relaxed);
             warn!(
                 event = "connection_refused",
                 client = %client,
-                active,
+                active = shared.counters.connections_active.load(Relaxed),
                 max_connections = shared.config.proxy.max_connections,
                 "refusing connection: proxy.max_connections reached"
             );
             drop(stream);
             continue;
-        }
+        };
         let id = ConnId {
             conn: shared.next_conn_id(),
             client,
         };
-        tasks.spawn(session::run(shared.clone(), stream, id, shutdown.clone()));
+        tasks.spawn(session::run(
+            shared.clone(),
+            stream,
+            id,
+            shutdown.clone(),
+            active,
+        ));
     }
 
     drop(listener);

@@ -6,7 +6,7 @@
 
 use crate::error::{SessionError, Side};
 use crate::observer::{ConnState, Observe, ReplyObserver, RequestObserver};
-use crate::shared::Shared;
+use crate::shared::{ActiveGuard, Shared};
 use crate::tls::Tls;
 use bytes::{Buf, BytesMut};
 use mongotap_proto::{frame, sniff, DecodeError};
@@ -48,8 +48,15 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 /// How long a client may take to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(shared: Arc<Shared>, client: TcpStream, id: ConnId, shutdown: Shutdown) {
-    let _active = shared.connection_opened();
+/// Serves one client. `_active` is the slot the listener took for it in
+/// `connections_active`; it is released when the session ends.
+pub async fn run(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    id: ConnId,
+    shutdown: Shutdown,
+    _active: ActiveGuard,
+) {
     let _ = client.set_nodelay(true);
     // Each connection keeps the TLS config it started with; SIGHUP only
     // changes what later connections get.

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use mongotap_proto::rewrite::FieldChange;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Process-wide counters. Only per-connection or rare events touch these;
 /// per-frame numbers are kept in the session and published from there.
@@ -103,17 +104,24 @@ impl Shared {
         }
     }
 
-    /// Counts a connection as active until the guard is dropped.
-    pub fn connection_opened(&self) -> ActiveGuard<'_> {
-        self.counters.connections_active.fetch_add(1, Relaxed);
+    /// Takes one of `max` connection slots, at accept time: counting only
+    /// once the session task runs let a burst of connects overshoot
+    /// max_connections. `None` when every slot is taken; otherwise the
+    /// connection counts as active until the guard is dropped.
+    pub fn try_admit(self: &Arc<Self>, max: usize) -> Option<ActiveGuard> {
+        let before = self.counters.connections_active.fetch_add(1, Relaxed);
+        if before >= max as i64 {
+            self.counters.connections_active.fetch_sub(1, Relaxed);
+            return None;
+        }
         self.counters.connections_total.fetch_add(1, Relaxed);
-        ActiveGuard(self)
+        Some(ActiveGuard(Arc::clone(self)))
     }
 }
 
-pub struct ActiveGuard<'a>(&'a Shared);
+pub struct ActiveGuard(Arc<Shared>);
 
-impl Drop for ActiveGuard<'_> {
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.counters.connections_active.fetch_sub(1, Relaxed);
     }
