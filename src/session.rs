@@ -359,58 +359,71 @@ where
     let mut first_read = from == Side::Client;
     // When the bytes of an incomplete frame started waiting.
     let mut partial_since: Option<tokio::time::Instant> = None;
+    // Whole frames are waiting in `buf` because the in-flight cap was hit:
+    // forward them once a slot frees, before reading more.
+    let mut held = false;
     loop {
         if let Some((conn, max)) = limits.gate {
-            if buf.is_empty() && conn.pending() >= max {
+            if (held || buf.is_empty()) && conn.pending() >= max {
                 conn.wait_for_slot(max).await;
             }
         }
-        let read = reader.read_buf(&mut buf);
-        let n = match partial_since {
-            None => read.await,
-            Some(since) => {
-                match tokio::time::timeout_at(since + limits.frame_timeout, read).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(SessionError::FrameTimeout {
-                            side: from,
-                            have: buf.len(),
-                            need: frame::claimed_len(&buf, limit).ok().flatten().unwrap_or(16),
-                            ms: limits.frame_timeout.as_millis() as u64,
-                        })
+        if !held {
+            let read = reader.read_buf(&mut buf);
+            let n = match partial_since {
+                None => read.await,
+                Some(since) => {
+                    match tokio::time::timeout_at(since + limits.frame_timeout, read).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(SessionError::FrameTimeout {
+                                side: from,
+                                have: buf.len(),
+                                need: frame::claimed_len(&buf, limit).ok().flatten().unwrap_or(16),
+                                ms: limits.frame_timeout.as_millis() as u64,
+                            })
+                        }
                     }
                 }
             }
-        }
-        .map_err(|source| SessionError::Io { side: from, source })?;
-        if n == 0 {
-            if buf.is_empty() {
-                return Ok(());
+            .map_err(|source| SessionError::Io { side: from, source })?;
+            if n == 0 {
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                return Err(SessionError::Decode {
+                    side: from,
+                    source: DecodeError::Truncated {
+                        opcode: "frame",
+                        what: "the rest of the message before the connection closed",
+                        needed: frame::claimed_len(&buf, limit).ok().flatten().unwrap_or(16),
+                        left: buf.len(),
+                    },
+                });
             }
-            return Err(SessionError::Decode {
-                side: from,
-                source: DecodeError::Truncated {
-                    opcode: "frame",
-                    what: "the rest of the message before the connection closed",
-                    needed: frame::claimed_len(&buf, limit).ok().flatten().unwrap_or(16),
-                    left: buf.len(),
-                },
-            });
-        }
-        // A whole header tells MongoDB apart from TLS or HTTP (a 790-byte
-        // message starts with the same two bytes as a TLS record).
-        if first_read && buf.len() >= mongotap_proto::HEADER_LEN {
-            first_read = false;
-            if let Some(source) = sniff::foreign_protocol(&buf) {
-                return Err(SessionError::Decode { side: from, source });
+            // A whole header tells MongoDB apart from TLS or HTTP (a 790-byte
+            // message starts with the same two bytes as a TLS record).
+            if first_read && buf.len() >= mongotap_proto::HEADER_LEN {
+                first_read = false;
+                if let Some(source) = sniff::foreign_protocol(&buf) {
+                    return Err(SessionError::Decode { side: from, source });
+                }
             }
         }
+        held = false;
         // Walk the complete frames in the buffer, observing each.
         let mut ready = 0;
         let mut failed = None;
         let mut wrote = false;
         loop {
             match frame::complete_len(&buf[ready..], limit) {
+                // A client pipelining past max_inflight_per_connection: a
+                // single read can hold many commands; forward no more than
+                // the cap allows and keep the rest for later.
+                Ok(Some(_)) if limits.gate.is_some_and(|(conn, max)| conn.pending() >= max) => {
+                    held = true;
+                    break;
+                }
                 Ok(Some(len)) => match observer.observe(&buf[ready..ready + len]) {
                     Ok(None) => ready += len,
                     Ok(Some(replacement)) => {
@@ -469,6 +482,12 @@ where
                 source = sniff::foreign_protocol(&buf).unwrap_or(source);
             }
             return Err(SessionError::Decode { side: from, source });
+        }
+        if held {
+            // The frames kept back are whole: waiting for a slot is not the
+            // client being slow.
+            partial_since = None;
+            continue;
         }
         // Make room for the rest of a partial frame (its length is already
         // validated), or for the next read.
