@@ -43,7 +43,7 @@ pub enum SessionError {
     ConnectTimeout { addr: String, ms: u64 },
     #[error("{side} sent a malformed frame: {source}")]
     Decode { side: Side, source: DecodeError },
-    #[error("{side} sent {have} of a {need}-byte frame and nothing more for {ms} ms (slow or stuck sender)")]
+    #[error("{side} sent {have} of a {need}-byte frame and did not finish it within {ms} ms (proxy.frame_timeout_ms; slow or stuck sender)")]
     FrameTimeout {
         side: Side,
         have: usize,
