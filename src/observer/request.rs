@@ -124,7 +124,12 @@ fn render_comment(c: RawBsonRef<'_>, log_values: bool) -> Option<Arc<str>> {
     const MAX: usize = 200;
     let text = match c {
         RawBsonRef::String(s) => s.to_string(),
-        _ if log_values => format!("{c:?}"),
+        // Relaxed extended JSON, as an operator would write the value
+        // (the Debug form of a raw document is its bytes in hex).
+        _ if log_values => match bson::Bson::try_from(c) {
+            Ok(b) => b.into_relaxed_extjson().to_string(),
+            Err(_) => "<unreadable comment>".to_string(),
+        },
         _ => return Some(Arc::from("<non-string comment>")),
     };
     let mut end = text.len().min(MAX);
