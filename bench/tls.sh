@@ -12,6 +12,9 @@
 #
 # Runs are interleaved (each round measures both listeners at each count) so
 # drift on this shared 2-core machine hits both alike; tables show medians.
+# Besides rates, each run records the CPU time the mongotap process used per
+# op (from /proc, over warm-up and measured time): mongotap's own cost,
+# apart from the load client's TLS work on the same cores.
 #
 # Usage: bench/tls.sh
 # Environment (defaults in brackets):
@@ -128,7 +131,7 @@ upstream=$(awk '/^listening /{print $2; exit}' "$tmp/upstream.out")
 
 printf '[tls.client]\ncert = "%s"\nkey = "%s"\n' "$tmp/server.pem" "$tmp/server.key" >"$tmp/tls.toml"
 : >"$tmp/plain.toml"
-declare -A addr
+declare -A addr mtpid
 for t in plain tls; do
     port=$(free_port)
     # shellcheck disable=SC2086 # MONGOTAP_ARGS is split into words on purpose.
@@ -137,6 +140,7 @@ for t in plain tls; do
     pids+=($!)
     wait_port "mongotap ($t)" "$!" "$port" "$tmp/mongotap-$t.log"
     addr[$t]=127.0.0.1:$port
+    mtpid[$t]=$!
 done
 targets=(plain tls)
 
@@ -151,22 +155,29 @@ EOF
 raw=$tmp/raw
 : >"$raw"
 field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" <<<"$2"; }
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 # measure MODE CONNS ROUND: one run against each listener, in rotating order.
 measure() {
-    local mode=$1 c=$2 round=$3 k t json extra
+    local mode=$1 c=$2 round=$3 k t json extra before cpu
     for k in 0 1; do
         t=${targets[$(((round - 1 + k) % 2))]}
         extra=()
         [ "$t" = tls ] && extra+=(--tls-ca "$tmp/ca.pem")
         [ "$mode" = handshakes ] && extra+=(--handshakes)
+        before=$(cpu_ticks "${mtpid[$t]}")
         json=$("$bin/bench-load" --target "${addr[$t]}" --connections "$c" \
             --duration-secs "$DURATION" --warmup-secs "$WARMUP" --runtime "$LOAD_RUNTIME" \
             --json "${extra[@]}") ||
             die "bench-load $mode against $t (${addr[$t]}) at $c connections failed"
-        echo "$mode $t $c $round $(field ops_per_sec "$json") $(field p50_us "$json") $(field p99_us "$json")" >>"$raw"
-        printf 'round %s/%s  %-10s %3s conns  %-5s %9.0f ops/s  p50 %8.1f µs  p99 %8.1f µs\n' \
+        # µs of mongotap CPU per op, counting the warm-up's ops at the measured rate.
+        cpu=$(awk -v d="$(($(cpu_ticks "${mtpid[$t]}") - before))" -v hz="$hz" -v r="$(field ops_per_sec "$json")" \
+            -v s="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%.1f", d / hz * 1e6 / (r * (s + w)) }')
+        echo "$mode $t $c $round $(field ops_per_sec "$json") $(field p50_us "$json") $(field p99_us "$json") $cpu" >>"$raw"
+        printf 'round %s/%s  %-10s %3s conns  %-5s %9.0f ops/s  p50 %8.1f µs  p99 %8.1f µs  mongotap %6.1f µs CPU/op\n' \
             "$round" "$ROUNDS" "$mode" "$c" "$t" "$(field ops_per_sec "$json")" \
-            "$(field p50_us "$json")" "$(field p99_us "$json")" >&2
+            "$(field p50_us "$json")" "$(field p99_us "$json")" "$cpu" >&2
     done
 }
 for round in $(seq "$ROUNDS"); do
@@ -188,18 +199,19 @@ awk -v conns="$CONNS" -v hs="$HS_CONNS" '
         }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    { k = $1 SUBSEP $2 SUBSEP $3; ops[k] = ops[k] " " $5; p50[k] = p50[k] " " $6; p99[k] = p99[k] " " $7 }
+    { k = $1 SUBSEP $2 SUBSEP $3; ops[k] = ops[k] " " $5; p50[k] = p50[k] " " $6; p99[k] = p99[k] " " $7; cpu[k] = cpu[k] " " $8 }
     function table(mode, counts, title, unit,   cs, i, c, p, t) {
         print title
-        printf "| conns | plaintext %s | TLS %s | TLS/plaintext | plaintext p50 µs | TLS p50 µs | plaintext p99 µs | TLS p99 µs |\n", unit, unit
-        printf "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        printf "| conns | plaintext %s | TLS %s | TLS/plaintext | plaintext p50 µs | TLS p50 µs | plaintext p99 µs | TLS p99 µs | mongotap CPU µs/op plaintext | mongotap CPU µs/op TLS |\n", unit, unit
+        printf "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         split(counts, cs, " ")
         for (i = 1; cs[i] != ""; i++) {
             c = cs[i]
             p = median(ops[mode, "plain", c]); t = median(ops[mode, "tls", c])
-            printf "| %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.1f | %.1f |\n", c, p, t, t / p,
+            printf "| %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", c, p, t, t / p,
                 median(p50[mode, "plain", c]), median(p50[mode, "tls", c]),
-                median(p99[mode, "plain", c]), median(p99[mode, "tls", c])
+                median(p99[mode, "plain", c]), median(p99[mode, "tls", c]),
+                median(cpu[mode, "plain", c]), median(cpu[mode, "tls", c])
         }
         print ""
     }
