@@ -359,8 +359,16 @@ async fn run_conn(cp: &ConnPlan, shared: &Shared) -> ConnResult {
     result
 }
 
+/// Marks the connection's remaining requests failed. Cursors they would
+/// have opened are recorded as never opened, so getMores on other
+/// connections skip them at once instead of waiting.
 fn fail_rest(cp: &ConnPlan, from: usize, outcomes: &mut Vec<Outcome>, shared: &Shared, why: &str) {
-    for _ in &cp.ops[from..] {
+    for op in &cp.ops[from..] {
+        if let Some(id) = op.captured.cursor_id.filter(|&id| id != 0) {
+            if op.command != "getMore" {
+                shared.cursors.learn(id, 0);
+            }
+        }
         outcomes.push(Outcome {
             error: true,
             error_name: Some(why.to_string()),
