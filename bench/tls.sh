@@ -18,11 +18,12 @@
 #
 # Usage: bench/tls.sh
 # Environment (defaults in brackets):
-#   ROUNDS [3]              rounds
+#   ROUNDS [10]             rounds; keep it even, so each listener runs first equally often
 #   CONNS ["1 16 64"]       connection counts for the throughput runs
 #   HS_CONNS ["1 8"]        concurrent connection slots for the handshake runs
-#   DURATION [5]            measured seconds per run
-#   WARMUP [1]              unmeasured seconds before each run
+#   DURATION [2]            measured seconds per run (short runs, many rounds: the
+#                           machine's drift has a period of tens of seconds)
+#   WARMUP [0.5]            unmeasured seconds before each run
 #   UPSTREAM_DOCS [1]       documents in each find reply (bigger replies: more bytes to encrypt)
 #   TLS_KEY [ec]            server key: ec (P-256) or rsa (2048 bits)
 #   LOAD_RUNTIME [current]  tokio flavour of bench-load
@@ -39,11 +40,11 @@ case "${1:-}" in
     *) die "unknown argument $1 (see --help)" ;;
 esac
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-10}
 CONNS=${CONNS:-"1 16 64"}
 HS_CONNS=${HS_CONNS:-"1 8"}
-DURATION=${DURATION:-5}
-WARMUP=${WARMUP:-1}
+DURATION=${DURATION:-2}
+WARMUP=${WARMUP:-0.5}
 UPSTREAM_DOCS=${UPSTREAM_DOCS:-1}
 TLS_KEY=${TLS_KEY:-ec}
 LOAD_RUNTIME=${LOAD_RUNTIME:-current}
