@@ -196,32 +196,25 @@ fn report_end(shared: &Shared, id: &ConnId, end: &End) {
         End::Shutdown => {
             debug!(conn = id.conn, client = %id.client, "connection closed for shutdown")
         }
-        End::Failed(e @ SessionError::FrameTimeout { side, .. }) => {
+        // Malformed or abusive input from either side: one event, one counter.
+        End::Failed(
+            e @ (SessionError::FrameTimeout { side, .. } | SessionError::Decode { side, .. }),
+        ) => {
             shared
                 .counters
                 .decode_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reason = match e {
+                SessionError::Decode { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
             warn!(
                 event = "decode_error",
                 conn = id.conn,
                 client = %id.client,
                 side = %side,
-                reason = %e,
-                "closing connection: {e}"
-            );
-        }
-        End::Failed(SessionError::Decode { side, source }) => {
-            shared
-                .counters
-                .decode_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(
-                event = "decode_error",
-                conn = id.conn,
-                client = %id.client,
-                side = %side,
-                reason = %source,
-                "closing connection: {side} sent a malformed frame: {source}"
+                reason = %reason,
+                "closing connection: {side} sent a malformed frame: {reason}"
             );
         }
         End::Failed(e) => {

@@ -197,45 +197,36 @@ impl Stats {
 
     pub fn command_rows(&self) -> Vec<StatsRow> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<StatsRow> = inner
-            .commands
-            .iter()
-            .map(|(k, s)| {
-                row(
-                    [
-                        ("command", &k.command),
-                        ("db", &k.db),
-                        ("collection", &k.collection),
-                        ("app", &k.app),
-                    ],
-                    s,
-                )
-            })
-            .collect();
-        rows.sort_by_key(|r| std::cmp::Reverse(r.count));
-        rows
+        sorted(inner.commands.iter().map(|(k, s)| {
+            let labels = [
+                ("command", &k.command),
+                ("db", &k.db),
+                ("collection", &k.collection),
+                ("app", &k.app),
+            ];
+            row(labels, s)
+        }))
     }
 
     pub fn shape_rows(&self) -> Vec<StatsRow> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<StatsRow> = inner
-            .shapes
-            .iter()
-            .map(|(k, s)| {
-                row(
-                    [
-                        ("shape", &k.shape),
-                        ("db", &k.db),
-                        ("collection", &k.collection),
-                        ("app", &k.app),
-                    ],
-                    s,
-                )
-            })
-            .collect();
-        rows.sort_by_key(|r| std::cmp::Reverse(r.count));
-        rows
+        sorted(inner.shapes.iter().map(|(k, s)| {
+            let labels = [
+                ("shape", &k.shape),
+                ("db", &k.db),
+                ("collection", &k.collection),
+                ("app", &k.app),
+            ];
+            row(labels, s)
+        }))
     }
+}
+
+/// Busiest series first.
+fn sorted(rows: impl Iterator<Item = StatsRow>) -> Vec<StatsRow> {
+    let mut rows: Vec<StatsRow> = rows.collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.count));
+    rows
 }
 
 fn row(labels: [(&str, &Arc<str>); 4], s: &Series) -> StatsRow {
