@@ -1,0 +1,123 @@
+use super::*;
+use bson::rawdoc;
+use mongotap_proto::{op_msg, MAX_MESSAGE_LEN};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::DuplexStream;
+
+/// Forwards every frame unchanged.
+struct PassThrough;
+
+impl Observe for PassThrough {
+    fn observe(&mut self, _frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        Ok(None)
+    }
+}
+
+/// Both ends of a TLS connection over an in-memory pipe that holds at
+/// most `capacity` bytes in flight, like a socket buffer.
+async fn tls_pair(
+    capacity: usize,
+) -> (
+    tokio_rustls::server::TlsStream<DuplexStream>,
+    tokio_rustls::client::TlsStream<DuplexStream>,
+) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let ring = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(ring.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(ring)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (a, b) = tokio::io::duplex(capacity);
+    let name = ServerName::try_from("localhost").expect("name");
+    let (s, c) = tokio::join!(
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(a),
+        tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b)
+    );
+    (s.expect("server handshake"), c.expect("client handshake"))
+}
+
+/// Drivers close TLS connections without `close_notify`: that is an
+/// ordinary EOF, not a failed connection.
+#[tokio::test]
+async fn tls_close_without_close_notify_is_eof() {
+    let (server, client) = tls_pair(64 * 1024).await;
+    let (mut read, _write) = split_io(server);
+    drop(client);
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut byte))
+        .await
+        .expect("EOF in time")
+        .expect("a close without close_notify reads as EOF, not an error");
+    assert_eq!(n, 0);
+}
+
+/// A reply larger than the socket can take, but small enough for the
+/// rest to fit in rustls' 64 KiB send buffer: `write_all` returns with
+/// the tail still buffered. The client must still get the whole reply
+/// although no further frame follows to push it out.
+#[tokio::test]
+async fn tls_tail_is_flushed_when_the_socket_was_full() {
+    let reply = op_msg::encode(
+        1,
+        7,
+        0,
+        &rawdoc! { "ok": 1.0, "pad": "x".repeat(40_000) },
+        &[],
+    );
+    let (server, mut client) = tls_pair(8 * 1024).await;
+    // The upstream: one reply, then silence (kept open, so no EOF).
+    let (mut upstream, source) = tokio::io::duplex(64 * 1024);
+    upstream.write_all(&reply).await.expect("feed");
+    let (_server_read, server_write) = tokio::io::split(server);
+    let forward = tokio::spawn(async move {
+        pipe(
+            Side::Upstream,
+            source,
+            server_write,
+            Limits {
+                frame: MAX_MESSAGE_LEN,
+                frame_timeout: Duration::from_secs(60),
+                gate: None,
+            },
+            &mut PassThrough,
+        )
+        .await
+    });
+    // The client reads only once the pipe has filled the socket.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut got = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while got.len() < reply.len() {
+            let n = client.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let whole = tokio::time::timeout(Duration::from_secs(5), read).await;
+    forward.abort();
+    assert!(
+        whole.is_ok(),
+        "the end of the reply stayed in the TLS buffer: {} of {} bytes arrived",
+        got.len(),
+        reply.len()
+    );
+    assert_eq!(got, reply);
+    drop(upstream);
+}
