@@ -61,6 +61,11 @@ pub fn rewritten(
     changes: &[mongotap_proto::rewrite::FieldChange],
     dry_run: bool,
 ) {
+    // Enforced rewrites log at debug: skip building the text when that
+    // level is off, since this runs for every rewritten command.
+    if !dry_run && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let what = crate::rewrite::describe(changes);
     macro_rules! emit {
         ($level:ident) => {

@@ -1,7 +1,7 @@
 //! `/metrics` in the Prometheus text format: a classic histogram built from
 //! the HDR histograms at scrape time, plus the counters and gauges.
 
-use crate::shared::Shared;
+use crate::shared::{RewriteCounts, Shared};
 use crate::stats::Series;
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
@@ -111,12 +111,14 @@ fn rewrites(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Err
     ] {
         let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
         for e in s.rewrite_counts.iter() {
-            let (command, field, dry) = e.key();
-            if *dry != dry_run {
-                continue;
+            for field in RewriteCounts::FIELDS {
+                let n = e.value().get(field, dry_run);
+                if n == 0 {
+                    continue;
+                }
+                let labels = [("command", e.key().as_str()), ("field", field)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
-            let labels = [("command", command.as_str()), ("field", *field)];
-            ConstCounter::new(*e.value()).encode(family.encode_family(&labels)?)?;
         }
     }
     Ok(())

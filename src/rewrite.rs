@@ -9,6 +9,8 @@ use wildmatch::WildMatch;
 pub struct Rule {
     commands: Vec<String>,
     namespaces: Vec<WildMatch>,
+    /// Some namespace glob is "*": no need to build "db.collection".
+    any_namespace: bool,
     apps: Vec<WildMatch>,
     pub limits: Limits,
 }
@@ -25,6 +27,7 @@ impl Policy {
             .rule
             .iter()
             .map(|r| Rule {
+                any_namespace: r.namespaces.is_empty() || r.namespaces.iter().any(|g| g == "*"),
                 commands: r.commands.clone(),
                 namespaces: if r.namespaces.is_empty() {
                     vec![WildMatch::new("*")]
@@ -50,10 +53,15 @@ impl Policy {
         if self.mode == RewriteMode::Off {
             return None;
         }
-        let ns = format!("{db}.{collection}");
+        // The "db.collection" string is built once, and only when a rule
+        // naming this command has a namespace glob other than "*".
+        let mut ns: Option<String> = None;
         self.rules.iter().find(|r| {
             r.commands.iter().any(|c| c == command || c == "*")
-                && r.namespaces.iter().any(|g| g.matches(&ns))
+                && (r.any_namespace
+                    || r.namespaces
+                        .iter()
+                        .any(|g| g.matches(ns.get_or_insert_with(|| format!("{db}.{collection}")))))
                 && (r.apps.is_empty() || r.apps.iter().any(|g| g.matches(app)))
         })
     }

@@ -39,6 +39,26 @@ pub struct Counters {
     pub rewrites_skipped_op_query: AtomicU64,
 }
 
+/// Rewrites of one command, by field and by enforced / dry-run.
+#[derive(Debug, Default)]
+pub struct RewriteCounts {
+    /// [maxTimeMS, allowDiskUse] enforced, then the same in dry-run.
+    counts: [AtomicU64; 4],
+}
+
+impl RewriteCounts {
+    pub const FIELDS: [&'static str; 2] = ["maxTimeMS", "allowDiskUse"];
+
+    fn slot(&self, field: &str, dry_run: bool) -> &AtomicU64 {
+        let f = usize::from(field != "maxTimeMS");
+        &self.counts[f + if dry_run { 2 } else { 0 }]
+    }
+
+    pub fn get(&self, field: &str, dry_run: bool) -> u64 {
+        self.slot(field, dry_run).load(Relaxed)
+    }
+}
+
 pub struct Shared {
     pub config: Config,
     pub counters: Counters,
@@ -50,7 +70,7 @@ pub struct Shared {
     /// The compiled rewrite rules; replaced whole on SIGHUP.
     pub policy: ArcSwap<Policy>,
     /// Rewrites by (command, field, dry_run), for /metrics.
-    pub rewrite_counts: DashMap<(String, &'static str, bool), u64>,
+    pub rewrite_counts: DashMap<String, RewriteCounts>,
     /// Traffic capture.
     pub capture: Capture,
     /// Auto-explain of slow aggregates.
@@ -93,11 +113,16 @@ impl Shared {
     }
 
     pub fn count_rewrite(&self, command: &str, changes: &[FieldChange], dry_run: bool) {
-        for c in changes {
-            *self
-                .rewrite_counts
-                .entry((command.to_string(), c.field, dry_run))
-                .or_insert(0) += 1;
+        // Keyed by command name alone so the lookup borrows the name; the
+        // owned key is built only the first time a command is rewritten.
+        let count = |counts: &RewriteCounts| {
+            for c in changes {
+                counts.slot(c.field, dry_run).fetch_add(1, Relaxed);
+            }
+        };
+        match self.rewrite_counts.get(command) {
+            Some(counts) => count(&counts),
+            None => count(&self.rewrite_counts.entry(command.to_string()).or_default()),
         }
         if !dry_run {
             self.counters.rewrites.fetch_add(1, Relaxed);
