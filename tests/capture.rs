@@ -9,59 +9,15 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
-use mongotap_proto::capture::{self as format, Direction};
+use mongotap_proto::capture::Direction;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::captures::{capture_files, read_records, Rec};
 use support::{unique_db, Ferret, Mongotap};
-
-/// One capture record, owned.
-#[derive(Debug, Clone)]
-struct Rec {
-    mono_ns: u64,
-    conn: u64,
-    direction: Direction,
-    redacted: bool,
-    frame: Vec<u8>,
-}
-
-/// Every `cap-*.mtcap` in `dir`, in name order.
-fn capture_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read capture dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "mtcap"))
-        .collect();
-    files.sort();
-    files
-}
-
-fn read_records(files: &[PathBuf]) -> Vec<Rec> {
-    let mut out = Vec::new();
-    for f in files {
-        let bytes = std::fs::read(f).expect("read capture file");
-        format::decode_header(&bytes).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let mut at = format::HEADER_LEN;
-        while at < bytes.len() {
-            let (r, used) = format::decode_record(&bytes[at..])
-                .unwrap_or_else(|e| panic!("{} at {at}: {e}", f.display()))
-                .unwrap_or_else(|| panic!("{} ends in a partial record", f.display()));
-            out.push(Rec {
-                mono_ns: r.mono_ns,
-                conn: r.conn,
-                direction: r.direction,
-                redacted: r.redacted,
-                frame: r.frame.to_vec(),
-            });
-            at += used;
-        }
-    }
-    out
-}
 
 /// The first key of an OP_MSG frame's body.
 fn command_name(frame: &[u8]) -> Option<String> {

@@ -11,7 +11,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
-use mongotap_proto::capture::{self as format, Direction};
+use mongotap_proto::capture::Direction;
 use mongotap_proto::{CommandView, ReplyView};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -19,45 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
+use support::captures::{capture_files, read_records, Rec};
 use support::{python, unique_db, Ferret, Mongotap};
-
-#[derive(Debug, Clone)]
-struct Rec {
-    conn: u64,
-    direction: Direction,
-    redacted: bool,
-    frame: Vec<u8>,
-}
-
-fn capture_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read capture dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "mtcap"))
-        .collect();
-    files.sort();
-    files
-}
-
-fn read_records(files: &[PathBuf]) -> Vec<Rec> {
-    let mut out = Vec::new();
-    for f in files {
-        let bytes = std::fs::read(f).expect("read capture file");
-        format::decode_header(&bytes).expect("capture header");
-        let mut at = format::HEADER_LEN;
-        while let Some((r, used)) = format::decode_record(&bytes[at..]).expect("record") {
-            out.push(Rec {
-                conn: r.conn,
-                direction: r.direction,
-                redacted: r.redacted,
-                frame: r.frame.to_vec(),
-            });
-            at += used;
-        }
-    }
-    out
-}
 
 /// Runs `f` on the body of an OP_MSG frame.
 fn with_body<T>(frame: &[u8], f: impl FnOnce(&mongodb::bson::RawDocument) -> T) -> Option<T> {

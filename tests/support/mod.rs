@@ -10,6 +10,8 @@
 // Each test crate that declares `mod support;` uses a different subset.
 #![allow(dead_code)]
 
+pub mod captures;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
