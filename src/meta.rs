@@ -1,9 +1,10 @@
 //! Who is on the other end of a connection, from the handshake's `client`
 //! document, and a compact summary of each command for tracking.
 
+use mongotap_proto::rewrite::FieldChange;
 use mongotap_proto::CommandView;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 /// From the first hello/isMaster: `client.application.name`,
@@ -74,7 +75,7 @@ pub struct CommandSummary {
 }
 
 impl CommandSummary {
-    fn from_view(v: &CommandView<'_>, db_fallback: &str) -> CommandSummary {
+    fn new(v: &CommandView<'_>, key: &SummaryKey<'_>) -> CommandSummary {
         let stages: Vec<Arc<str>> = v.stages().map(Arc::from).collect();
         let shape = stages
             .iter()
@@ -84,50 +85,104 @@ impl CommandSummary {
             .into();
         CommandSummary {
             command: v.name.into(),
-            db: v.db.unwrap_or(db_fallback).into(),
-            collection: v.collection().unwrap_or("").into(),
+            db: key.db.into(),
+            collection: key.collection.into(),
             stages,
             shape,
-            max_time_ms: v.max_time_ms,
-            allow_disk_use: v
-                .allow_disk_use
-                .or_else(|| v.explain_view().and_then(|e| e.allow_disk_use)),
+            max_time_ms: key.max_time_ms,
+            allow_disk_use: key.allow_disk_use,
         }
+    }
+
+    /// Whether this summary describes the command `key` was read from.
+    fn describes(&self, v: &CommandView<'_>, key: &SummaryKey<'_>) -> bool {
+        *self.command == *v.name
+            && *self.collection == *key.collection
+            && *self.db == *key.db
+            && self.max_time_ms == key.max_time_ms
+            && self.allow_disk_use == key.allow_disk_use
+            && self.stages.iter().map(|s| &**s).eq(v.stages())
+    }
+}
+
+/// The parts of a command a summary is made of, borrowed from the frame,
+/// with the limits in force after a rewrite.
+struct SummaryKey<'a> {
+    db: &'a str,
+    collection: &'a str,
+    max_time_ms: Option<i64>,
+    allow_disk_use: Option<bool>,
+}
+
+impl<'a> SummaryKey<'a> {
+    fn new(v: &CommandView<'a>, db_fallback: &'a str, changes: &[FieldChange]) -> Self {
+        let mut key = SummaryKey {
+            db: v.db.unwrap_or(db_fallback),
+            collection: v.collection().unwrap_or(""),
+            max_time_ms: v.max_time_ms,
+            allow_disk_use: v.allow_disk_use.or_else(|| {
+                v.explain
+                    .and_then(|_| v.explain_view())
+                    .and_then(|e| e.allow_disk_use)
+            }),
+        };
+        for c in changes {
+            match c.field {
+                "maxTimeMS" => key.max_time_ms = Some(c.after),
+                _ => key.allow_disk_use = Some(true),
+            }
+        }
+        key
     }
 }
 
 /// A per-connection cache, so a connection that repeats the same command
-/// shape does not allocate a new summary for each request.
+/// shape does not allocate a new summary for each request. The last
+/// summary is checked first: most connections repeat one command.
 #[derive(Default)]
 pub struct SummaryCache {
+    last: Option<Arc<CommandSummary>>,
     entries: HashMap<u64, Arc<CommandSummary>>,
+    hasher: ahash::RandomState,
 }
 
 const SUMMARY_CACHE_MAX: usize = 64;
 
 impl SummaryCache {
-    pub fn get(&mut self, v: &CommandView<'_>, db_fallback: &str) -> Arc<CommandSummary> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+    /// The summary of `v`, with the limits in force after `changes`.
+    pub fn get(
+        &mut self,
+        v: &CommandView<'_>,
+        db_fallback: &str,
+        changes: &[FieldChange],
+    ) -> Arc<CommandSummary> {
+        let key = SummaryKey::new(v, db_fallback, changes);
+        if let Some(last) = self.last.as_ref().filter(|s| s.describes(v, &key)) {
+            return last.clone();
+        }
+        let mut h = self.hasher.build_hasher();
         v.name.hash(&mut h);
-        v.db.unwrap_or(db_fallback).hash(&mut h);
-        v.collection().hash(&mut h);
+        key.db.hash(&mut h);
+        key.collection.hash(&mut h);
         for s in v.stages() {
             s.hash(&mut h);
         }
-        v.max_time_ms.hash(&mut h);
-        v.allow_disk_use.hash(&mut h);
-        let key = h.finish();
-        if let Some(s) = self.entries.get(&key) {
+        key.max_time_ms.hash(&mut h);
+        key.allow_disk_use.hash(&mut h);
+        let hash = h.finish();
+        let summary = match self.entries.get(&hash) {
             // Guard against a hash collision mislabelling a command.
-            if &*s.command == v.name && s.collection.as_ref() == v.collection().unwrap_or("") {
-                return s.clone();
+            Some(s) if s.describes(v, &key) => s.clone(),
+            _ => {
+                let summary = Arc::new(CommandSummary::new(v, &key));
+                if self.entries.len() >= SUMMARY_CACHE_MAX {
+                    self.entries.clear();
+                }
+                self.entries.insert(hash, summary.clone());
+                summary
             }
-        }
-        let summary = Arc::new(CommandSummary::from_view(v, db_fallback));
-        if self.entries.len() >= SUMMARY_CACHE_MAX {
-            self.entries.clear();
-        }
-        self.entries.insert(key, summary.clone());
+        };
+        self.last = Some(summary.clone());
         summary
     }
 }

@@ -2,7 +2,7 @@
 //! the HDR histograms at scrape time, plus the counters and gauges.
 
 use crate::shared::{RewriteCounts, Shared};
-use crate::stats::Series;
+use crate::stats::{SeriesKey, SeriesMap};
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -61,7 +61,7 @@ fn gauge(
 
 fn histogram_family(
     enc: &mut DescriptorEncoder,
-    series: &std::collections::HashMap<crate::stats::SeriesKey, Series>,
+    series: &SeriesMap<SeriesKey>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = enc.encode_descriptor(
         "mongotap_command_duration",

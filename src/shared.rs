@@ -70,7 +70,7 @@ pub struct Shared {
     /// The compiled rewrite rules; replaced whole on SIGHUP.
     pub policy: ArcSwap<Policy>,
     /// Rewrites by (command, field, dry_run), for /metrics.
-    pub rewrite_counts: DashMap<String, RewriteCounts>,
+    pub rewrite_counts: DashMap<String, RewriteCounts, ahash::RandomState>,
     /// Traffic capture.
     pub capture: Capture,
     /// Auto-explain of slow aggregates.
@@ -90,7 +90,7 @@ impl Shared {
             tls: ArcSwap::from_pointee(tls),
             stats: Stats::new(config.watch.max_series),
             policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
-            rewrite_counts: DashMap::new(),
+            rewrite_counts: DashMap::default(),
             warned_apps: DashMap::new(),
             capture: Capture::new(&config.capture),
             explainer: Explainer::new(

@@ -83,10 +83,13 @@ impl Series {
     }
 }
 
+/// Series by label set. Keyed with ahash: the merge hashes each run's key.
+pub type SeriesMap<K> = HashMap<K, Series, ahash::RandomState>;
+
 #[derive(Default)]
 struct Inner {
-    commands: HashMap<SeriesKey, Series>,
-    shapes: HashMap<ShapeKey, Series>,
+    commands: SeriesMap<SeriesKey>,
+    shapes: SeriesMap<ShapeKey>,
 }
 
 pub struct Stats {
@@ -127,70 +130,91 @@ impl Stats {
         }
     }
 
-    /// Merges a batch of samples under one lock.
+    /// Merges a batch of samples under one lock. A session's samples come
+    /// in runs of the same command summary and client (one connection
+    /// repeating one command), so each run costs one series lookup.
     pub fn merge(&self, samples: &mut Vec<Sample>) {
         if samples.is_empty() {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *inner;
         let mut folded = 0;
-        for s in samples.drain(..) {
-            let app = if s.meta.app.is_empty() {
-                label("")
-            } else {
-                s.meta.app.clone()
-            };
-            let mut key = SeriesKey {
-                command: s.summary.command.clone(),
-                db: s.summary.db.clone(),
-                collection: if s.summary.collection.is_empty() {
-                    label("")
-                } else {
-                    s.summary.collection.clone()
-                },
-                app: app.clone(),
-            };
-            if !inner.commands.contains_key(&key) && inner.commands.len() >= self.max_series {
-                let other: Arc<str> = Arc::from(OTHER);
-                key = SeriesKey {
-                    command: other.clone(),
-                    db: other.clone(),
-                    collection: other.clone(),
-                    app: other,
-                };
-                folded += 1;
-            }
-            inner
+        let mut rest = &samples[..];
+        while let Some(first) = rest.first() {
+            let run_len = rest
+                .iter()
+                .position(|s| {
+                    !Arc::ptr_eq(&s.summary, &first.summary) || !Arc::ptr_eq(&s.meta, &first.meta)
+                })
+                .unwrap_or(rest.len());
+            let (run, next) = rest.split_at(run_len);
+            rest = next;
+            let (key, was_folded) = self.command_key(&inner.commands, first);
+            folded += u64::from(was_folded) * run.len() as u64;
+            let series = inner
                 .commands
                 .entry(key.clone())
-                .or_insert_with(Series::new)
-                .record(s.micros, s.error);
-            if !s.summary.shape.is_empty() {
-                let mut shape = ShapeKey {
-                    db: key.db,
-                    collection: key.collection,
-                    app: key.app,
-                    shape: s.summary.shape.clone(),
-                };
-                if !inner.shapes.contains_key(&shape) && inner.shapes.len() >= self.max_series {
-                    shape.shape = Arc::from(OTHER);
-                    folded += 1;
-                }
-                inner
-                    .shapes
-                    .entry(shape)
-                    .or_insert_with(Series::new)
-                    .record(s.micros, s.error);
+                .or_insert_with(Series::new);
+            for s in run {
+                series.record(s.micros, s.error);
+            }
+            if first.summary.shape.is_empty() {
+                continue;
+            }
+            let mut shape = ShapeKey {
+                db: key.db,
+                collection: key.collection,
+                app: key.app,
+                shape: first.summary.shape.clone(),
+            };
+            if !inner.shapes.contains_key(&shape) && inner.shapes.len() >= self.max_series {
+                shape.shape = Arc::from(OTHER);
+                folded += run.len() as u64;
+            }
+            let series = inner.shapes.entry(shape).or_insert_with(Series::new);
+            for s in run {
+                series.record(s.micros, s.error);
             }
         }
-        drop(inner);
+        samples.clear();
         if folded > 0 {
             self.folded.fetch_add(folded, Relaxed);
         }
     }
 
+    /// The series a sample belongs to, or the `other` series when
+    /// `max_series` is reached (then `true`).
+    fn command_key(&self, commands: &SeriesMap<SeriesKey>, s: &Sample) -> (SeriesKey, bool) {
+        let key = SeriesKey {
+            command: s.summary.command.clone(),
+            db: s.summary.db.clone(),
+            collection: if s.summary.collection.is_empty() {
+                label("")
+            } else {
+                s.summary.collection.clone()
+            },
+            app: if s.meta.app.is_empty() {
+                label("")
+            } else {
+                s.meta.app.clone()
+            },
+        };
+        if commands.contains_key(&key) || commands.len() < self.max_series {
+            return (key, false);
+        }
+        let other: Arc<str> = Arc::from(OTHER);
+        let key = SeriesKey {
+            command: other.clone(),
+            db: other.clone(),
+            collection: other.clone(),
+            app: other,
+        };
+        (key, true)
+    }
+
     /// Runs `f` over every command series, under the lock (for /metrics).
-    pub fn with_commands<T>(&self, f: impl FnOnce(&HashMap<SeriesKey, Series>) -> T) -> T {
+    pub fn with_commands<T>(&self, f: impl FnOnce(&SeriesMap<SeriesKey>) -> T) -> T {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         f(&inner.commands)
     }

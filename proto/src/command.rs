@@ -3,6 +3,7 @@
 
 use crate::DecodeError;
 use bson::raw::{RawArray, RawBsonRef, RawDocument};
+use std::ops::Range;
 
 /// What mongotap needs to know about a command, borrowed from its body.
 #[derive(Debug, Clone)]
@@ -35,6 +36,28 @@ pub struct CommandView<'a> {
     pub await_data: bool,
     /// hello's `speculativeAuthenticate` (makes the hello sensitive).
     pub speculative_authenticate: bool,
+    /// The first `maxTimeMS` element, value as sent, and where it sits.
+    pub max_time_ms_field: Option<Field<'a>>,
+    /// The first `allowDiskUse` element (any type), and where it sits.
+    pub allow_disk_use_field: Option<Field<'a>>,
+    /// `maxTimeMS` or `allowDiskUse` appears more than once. The rewrite
+    /// then walks the whole body so it can drop the duplicates.
+    pub rewrite_key_repeated: bool,
+}
+
+/// One top-level element: its value and the byte range of the whole
+/// element (type byte, key, value) within the document. A rewrite splices
+/// around the range without walking the body again.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    pub value: RawBsonRef<'a>,
+    pub span: (usize, usize),
+}
+
+impl Field<'_> {
+    pub fn range(&self) -> Range<usize> {
+        self.span.0..self.span.1
+    }
 }
 
 /// Reads an integer field the way the server does: int32, int64, or a
@@ -68,16 +91,24 @@ impl<'a> CommandView<'a> {
     /// Scans the top-level keys once. Fails on an empty document or on a
     /// malformed element.
     pub fn parse(doc: &'a RawDocument) -> Result<Self, DecodeError> {
-        let mut iter = doc.iter();
-        let (name, first) = match iter.next().map(|r| r.map(|(k, v)| (k.as_str(), v))) {
-            Some(Ok(kv)) => kv,
+        // Elements, not (key, value) pairs: a value is only decoded when
+        // its key is one mongotap reads, so a large filter or lsid costs
+        // nothing beyond its length check.
+        let mut elements = doc.iter_elements();
+        let first = match elements.next() {
+            Some(Ok(e)) => e,
             Some(Err(e)) => return Err(bson_err(e)),
             None => return Err(bson_err("empty command document")),
         };
+        let name = first.key().as_str();
+        let first_value = first.value().map_err(bson_err)?;
+        // Offsets are counted as the elements go by: they are contiguous
+        // from the 4-byte length prefix on.
+        let mut offset = 4 + element_len(name, first.size());
         let mut v = CommandView {
             doc,
             name,
-            first_str: first.as_str(),
+            first_str: first_value.as_str(),
             db: None,
             getmore_collection: None,
             pipeline: None,
@@ -93,28 +124,56 @@ impl<'a> CommandView<'a> {
             tailable: false,
             await_data: false,
             speculative_authenticate: false,
+            max_time_ms_field: None,
+            allow_disk_use_field: None,
+            rewrite_key_repeated: false,
         };
         match name {
-            "getMore" => v.cursor_id = as_i64(first),
-            "explain" => v.explain = first.as_document(),
+            "getMore" => v.cursor_id = as_i64(first_value),
+            "explain" => v.explain = first_value.as_document(),
             _ => {}
         }
-        for kv in iter {
-            let (key, value) = kv.map_err(bson_err)?;
-            let key = key.as_str();
+        for element in elements {
+            let element = element.map_err(bson_err)?;
+            let key = element.key().as_str();
+            let start = offset;
+            offset += element_len(key, element.size());
+            let value = || element.value().map_err(bson_err);
             match key {
-                "$db" => v.db = value.as_str(),
-                "collection" => v.getmore_collection = value.as_str(),
-                "pipeline" => v.pipeline = value.as_array(),
-                "maxTimeMS" => v.max_time_ms = as_i64(value),
-                "allowDiskUse" => v.allow_disk_use = as_bool(value),
-                "comment" => v.comment = Some(value),
-                "lsid" => v.lsid = value.as_document(),
-                "cursors" => v.cursors = value.as_array(),
+                "$db" => v.db = value()?.as_str(),
+                "collection" => v.getmore_collection = value()?.as_str(),
+                "pipeline" => v.pipeline = value()?.as_array(),
+                "maxTimeMS" => {
+                    let value = value()?;
+                    if v.max_time_ms_field.is_some() {
+                        v.rewrite_key_repeated = true;
+                    } else {
+                        v.max_time_ms = as_i64(value);
+                        v.max_time_ms_field = Some(Field {
+                            value,
+                            span: (start, offset),
+                        });
+                    }
+                }
+                "allowDiskUse" => {
+                    let value = value()?;
+                    if v.allow_disk_use_field.is_some() {
+                        v.rewrite_key_repeated = true;
+                    } else {
+                        v.allow_disk_use = as_bool(value);
+                        v.allow_disk_use_field = Some(Field {
+                            value,
+                            span: (start, offset),
+                        });
+                    }
+                }
+                "comment" => v.comment = Some(value()?),
+                "lsid" => v.lsid = value()?.as_document(),
+                "cursors" => v.cursors = value()?.as_array(),
                 "topologyVersion" => v.has_topology_version = true,
-                "maxAwaitTimeMS" => v.max_await_time_ms = as_i64(value),
-                "tailable" => v.tailable = as_bool(value).unwrap_or(false),
-                "awaitData" => v.await_data = as_bool(value).unwrap_or(false),
+                "maxAwaitTimeMS" => v.max_await_time_ms = as_i64(value()?),
+                "tailable" => v.tailable = as_bool(value()?).unwrap_or(false),
+                "awaitData" => v.await_data = as_bool(value()?).unwrap_or(false),
                 "speculativeAuthenticate" => v.speculative_authenticate = true,
                 _ => {}
             }
@@ -170,17 +229,24 @@ impl<'a> CommandView<'a> {
 }
 
 /// The command-monitoring spec's list of redacted commands.
+/// Case-insensitive, as the spec says, without allocating: this runs for
+/// every command that capture, logging or a rewrite looks at.
 pub fn is_sensitive_command(name: &str) -> bool {
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "authenticate"
-            | "saslstart"
-            | "saslcontinue"
-            | "getnonce"
-            | "createuser"
-            | "updateuser"
-            | "copydbgetnonce"
-            | "copydbsaslstart"
-            | "copydb"
-    )
+    const SENSITIVE: [&str; 9] = [
+        "authenticate",
+        "saslstart",
+        "saslcontinue",
+        "getnonce",
+        "createuser",
+        "updateuser",
+        "copydbgetnonce",
+        "copydbsaslstart",
+        "copydb",
+    ];
+    SENSITIVE.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// Bytes of one element: type byte, key, its NUL, and the value.
+fn element_len(key: &str, value_size: usize) -> usize {
+    1 + key.len() + 1 + value_size
 }

@@ -151,15 +151,44 @@ pub fn encode(
     body: &RawDocument,
     sequences: &[DocSequence<'_>],
 ) -> Vec<u8> {
+    let body = body.as_bytes();
+    let written: Result<_, std::convert::Infallible> = encode_with(
+        request_id,
+        response_to,
+        flags,
+        body.len(),
+        sequences,
+        |out| {
+            out.extend_from_slice(body);
+            Ok(())
+        },
+    );
+    match written {
+        Ok(frame) => frame,
+        Err(never) => match never {},
+    }
+}
+
+/// Like `encode`, but the body is written by `write_body` straight into
+/// the frame's buffer (a rewrite splices there, with no body of its own).
+/// `body_len` sizes the buffer; it need not be exact.
+pub fn encode_with<E>(
+    request_id: i32,
+    response_to: i32,
+    flags: u32,
+    body_len: usize,
+    sequences: &[DocSequence<'_>],
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
     let seq_len: usize = sequences
         .iter()
         .map(|s| 1 + 4 + s.identifier.len() + 1 + s.documents.len())
         .sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + 4 + 1 + body.as_bytes().len() + seq_len + 4);
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + 1 + body_len + seq_len + 4);
     out.resize(HEADER_LEN, 0);
     out.extend_from_slice(&flags.to_le_bytes());
     out.push(0);
-    out.extend_from_slice(body.as_bytes());
+    write_body(&mut out)?;
     for s in sequences {
         out.push(1);
         let size = (4 + s.identifier.len() + 1 + s.documents.len()) as i32;
@@ -177,5 +206,5 @@ pub fn encode(
     } else {
         finish(&mut out, request_id, response_to, OpCode::Msg);
     }
-    out
+    Ok(out)
 }

@@ -75,9 +75,14 @@ impl ConnState {
         }
     }
 
-    fn touch(&self) {
+    /// Notes a frame and returns the time it was seen, so the observer
+    /// reads the clock once per frame.
+    fn touch(&self) -> Instant {
+        let now = Instant::now();
+        let since_open = now.saturating_duration_since(self.opened);
         self.last_frame_ms
-            .store(self.opened.elapsed().as_millis() as u64, Relaxed);
+            .store(since_open.as_millis() as u64, Relaxed);
+        now
     }
 
     /// How long since the last frame in either direction.

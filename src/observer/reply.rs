@@ -27,6 +27,7 @@ impl<'a> ReplyObserver<'a> {
         (request_id, response_to): (i32, i32),
         reply: &ReplyView<'_>,
         more: bool,
+        now: Instant,
     ) {
         let shared = &self.conn.shared;
         if !shared.config.watch.track {
@@ -59,7 +60,6 @@ impl<'a> ReplyObserver<'a> {
             .pending
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
         self.conn.slots.notify_one();
-        let now = Instant::now();
         let elapsed = now.saturating_duration_since(p.started);
         self.track_cursor(&p, reply, now);
         if let Some(hosts) = reply.hosts {
@@ -140,14 +140,14 @@ impl<'a> ReplyObserver<'a> {
 
 impl Observe for ReplyObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
-        self.conn.touch();
+        let now = self.conn.touch();
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
         with_message(frame, limit, |header, _compressor, message| {
             match message {
                 Message::Msg(msg) => {
                     let view = ReplyView::parse(msg.body)?;
                     let ids = (header.request_id, header.response_to);
-                    self.reply(frame, ids, &view, msg.more_to_come());
+                    self.reply(frame, ids, &view, msg.more_to_come(), now);
                 }
                 Message::Reply(r) => {
                     let view = match r.first() {
@@ -155,7 +155,7 @@ impl Observe for ReplyObserver<'_> {
                         None => ReplyView::default(),
                     };
                     let ids = (header.request_id, header.response_to);
-                    self.reply(frame, ids, &view, false);
+                    self.reply(frame, ids, &view, false, now);
                 }
                 Message::Query(_) => {
                     self.conn.capture(frame, Direction::ToClient, None);

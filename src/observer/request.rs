@@ -8,11 +8,10 @@ use crate::inspect::{with_message, Message};
 use crate::meta::{ClientMeta, SummaryCache};
 use crate::tracker::Pending;
 use bson::raw::RawBsonRef;
-use bson::RawDocument;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::op_compressed::{self, Compressor};
 use mongotap_proto::op_msg::{self, OpMsg};
-use mongotap_proto::rewrite::{self, Rewritten};
+use mongotap_proto::rewrite::{self, Changes, FieldChange};
 use mongotap_proto::{CommandView, DecodeError, Header};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -23,6 +22,8 @@ pub struct RequestObserver<'a> {
     meta: Arc<ClientMeta>,
     handshake_seen: bool,
     summaries: SummaryCache,
+    /// When the frame being observed was complete: a command's start.
+    received: Instant,
 }
 
 impl<'a> RequestObserver<'a> {
@@ -32,6 +33,7 @@ impl<'a> RequestObserver<'a> {
             meta: Arc::new(ClientMeta::default()),
             handshake_seen: false,
             summaries: SummaryCache::default(),
+            received: Instant::now(),
         }
     }
 
@@ -41,7 +43,7 @@ impl<'a> RequestObserver<'a> {
         view: &CommandView<'_>,
         expects_reply: bool,
         db_fallback: &str,
-        rewritten: Option<&Rewritten>,
+        changes: &[FieldChange],
         capture: Option<bool>,
     ) {
         let shared = &self.conn.shared;
@@ -66,22 +68,9 @@ impl<'a> RequestObserver<'a> {
                     .is_some_and(|id| shared.cursors.is_awaiting(id)));
         let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
             || (view.name == "aggregate" && view.stages().next() == Some("$changeStream"));
-        let mut summary = self.summaries.get(view, db_fallback);
-        let mut injected_max_time = false;
-        if let Some(rw) = rewritten.filter(|rw| !rw.changes.is_empty()) {
-            // The tracker shows the limits in force, not the client's.
-            let mut s = (*summary).clone();
-            for c in &rw.changes {
-                match c.field {
-                    "maxTimeMS" => {
-                        s.max_time_ms = Some(c.after);
-                        injected_max_time = true;
-                    }
-                    _ => s.allow_disk_use = Some(true),
-                }
-            }
-            summary = Arc::new(s);
-        }
+        // The tracker shows the limits in force, not the client's.
+        let summary = self.summaries.get(view, db_fallback, changes);
+        let injected_max_time = changes.iter().any(|c| c.field == "maxTimeMS");
         let comment = view
             .comment
             .and_then(|c| render_comment(c, shared.config.watch.log_values));
@@ -92,7 +81,7 @@ impl<'a> RequestObserver<'a> {
             meta: self.meta.clone(),
             summary,
             comment,
-            started: Instant::now(),
+            started: self.received,
             awaiting,
             opens_awaiting_cursor,
             cursor_id: view.cursor_id,
@@ -141,23 +130,23 @@ fn render_comment(c: RawBsonRef<'_>, log_values: bool) -> Option<Arc<str>> {
 
 impl Observe for RequestObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
-        self.conn.touch();
+        self.received = self.conn.touch();
         let limit = self.conn.shared.config.proxy.max_frame_bytes;
         with_message(frame, limit, |header, compressor, message| match message {
             Message::Msg(msg) => {
                 let view = CommandView::parse(msg.body)?;
                 let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
-                let applied = rewritten.as_ref().map(|(_, rw)| rw);
+                let changes = rewritten.as_ref().map_or(&[][..], |(_, c)| c);
                 let more = msg.more_to_come();
-                self.command(header.request_id, &view, !more, "", applied, captured);
+                self.command(header.request_id, &view, !more, "", changes, captured);
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
                 let view = CommandView::parse(q.command())?;
                 let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
                 self.note_legacy_rewrite(&view, q.db());
-                self.command(header.request_id, &view, true, q.db(), None, captured);
+                self.command(header.request_id, &view, true, q.db(), &[], captured);
                 Ok(None)
             }
             Message::Reply(_) => {
@@ -202,7 +191,7 @@ impl RequestObserver<'_> {
         compressor: Option<Compressor>,
         msg: &OpMsg<'_>,
         view: &CommandView<'_>,
-    ) -> Result<Option<(Vec<u8>, Rewritten)>, DecodeError> {
+    ) -> Result<Option<(Vec<u8>, Changes)>, DecodeError> {
         let shared = &self.conn.shared;
         let policy = shared.policy.load();
         let db = view.db.unwrap_or("");
@@ -212,49 +201,38 @@ impl RequestObserver<'_> {
         let explained = view.explain_view();
         let name = explained.as_ref().map_or(view.name, |e| e.name);
         let rule = policy.matching(name, db, collection, &self.meta.app);
-        let rewritten = match rule {
-            Some(rule) => rewrite::rewrite(view, &rule.limits)?,
-            None => None,
-        };
+        let plan = rule.and_then(|rule| rewrite::plan(view, &rule.limits));
         let unknown_flags = msg.unknown_optional_flags();
-        if rewritten.is_none() && unknown_flags == 0 {
+        if plan.is_none() && unknown_flags == 0 {
             return Ok(None);
         }
         let dry_run = policy.mode == RewriteMode::DryRun;
-        if let Some(rw) = &rewritten {
-            shared.count_rewrite(view.name, &rw.changes, dry_run);
+        if let Some(plan) = &plan {
+            shared.count_rewrite(view.name, &plan.changes, dry_run);
             events::rewritten(
                 self.conn,
                 header.request_id,
                 view,
                 &self.meta,
-                &rw.changes,
+                &plan.changes,
                 dry_run,
             );
             if dry_run && unknown_flags == 0 {
                 return Ok(None);
             }
         }
-        let owned_body;
-        let body = match (&rewritten, dry_run) {
-            (Some(rw), false) => {
-                owned_body = rw.body.as_slice();
-                RawDocument::from_bytes(owned_body).map_err(|e| DecodeError::InvalidBson {
-                    opcode: "OP_MSG",
-                    what: "rewritten body",
-                    reason: e.to_string(),
+        let plan = plan.filter(|_| !dry_run);
+        let flags = msg.flags & !unknown_flags;
+        let (ids, sequences) = ((header.request_id, header.response_to), &msg.sequences);
+        // The new body is spliced straight into the outgoing frame.
+        let mut bytes = match &plan {
+            Some(plan) => {
+                op_msg::encode_with(ids.0, ids.1, flags, plan.body_len(view), sequences, |out| {
+                    plan.write_body(view, out)
                 })?
             }
-            _ => msg.body,
+            None => op_msg::encode(ids.0, ids.1, flags, msg.body, sequences),
         };
-        let flags = msg.flags & !unknown_flags;
-        let mut bytes = op_msg::encode(
-            header.request_id,
-            header.response_to,
-            flags,
-            body,
-            &msg.sequences,
-        );
         if let Some(c) = compressor {
             match op_compressed::compress(&bytes, c) {
                 Ok(b) => bytes = b,
@@ -263,11 +241,7 @@ impl RequestObserver<'_> {
                 Err(_) => return Ok(None),
             }
         }
-        let applied = rewritten.filter(|_| !dry_run).unwrap_or_else(|| Rewritten {
-            body: Vec::new(),
-            changes: Vec::new(),
-            max_time_ms: view.max_time_ms,
-        });
+        let applied = plan.map(|p| p.changes).unwrap_or_default();
         Ok(Some((bytes, applied)))
     }
 }
