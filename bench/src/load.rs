@@ -27,7 +27,7 @@ const USAGE: &str = "bench-load: closed-loop MongoDB load client
 
 Usage: bench-load --target ADDR --connections N --duration-secs S
                   [--warmup-secs W] [--json] [--runtime current|multi]
-                  [--tls-ca FILE] [--handshakes]";
+                  [--tls-ca FILE] [--handshakes] [--command find|aggregate]";
 
 const FLAGS: &[Flag] = &[
     Flag {
@@ -64,6 +64,11 @@ const FLAGS: &[Flag] = &[
         name: "tls-ca",
         value: Some("FILE"),
         help: "speak TLS, trusting the PEM CA bundle FILE (the name checked is the target's host)",
+    },
+    Flag {
+        name: "command",
+        value: Some("NAME"),
+        help: "what each request is: find (default, a point query) or aggregate ($match, $limit)",
     },
     Flag {
         name: "handshakes",
@@ -103,9 +108,15 @@ fn run_main() -> anyhow::Result<()> {
     ensure!(duration > 0.0, "--duration-secs must be positive");
     ensure!(warmup >= 0.0, "--warmup-secs must not be negative");
 
+    let aggregate = match flags.get::<String>("command")?.as_deref() {
+        None | Some("find") => false,
+        Some("aggregate") => true,
+        Some(other) => anyhow::bail!("--command {other}: expected find or aggregate"),
+    };
     let plan = Plan {
         measure_from: Duration::from_secs_f64(warmup),
         measure_for: Duration::from_secs_f64(duration),
+        aggregate,
     };
     let tls = flags
         .get::<String>("tls-ca")?
@@ -132,6 +143,8 @@ fn run_main() -> anyhow::Result<()> {
 struct Plan {
     measure_from: Duration,
     measure_for: Duration,
+    /// Send an aggregate instead of a find.
+    aggregate: bool,
 }
 
 /// What one or all connections measured.
@@ -434,15 +447,28 @@ async fn handshake(sock: Sock) -> anyhow::Result<Conn> {
 async fn drive(mut conn: Conn, start: Instant, plan: Plan) -> anyhow::Result<Measured> {
     let measure_from = start + plan.measure_from;
     let end = measure_from + plan.measure_for;
-    // A typical point query, without lsid so the proxy sees no sessions.
-    let find = rawdoc! {
-        "find": "coll",
-        "filter": { "sku": "sku-000001", "status": "A" },
-        "limit": 1,
-        "singleBatch": true,
-        "$db": "db",
+    // A typical point query, without lsid so the proxy sees no sessions;
+    // or the same as a two-stage pipeline.
+    let command = if plan.aggregate {
+        rawdoc! {
+            "aggregate": "coll",
+            "pipeline": [
+                { "$match": { "sku": "sku-000001", "status": "A" } },
+                { "$limit": 1 },
+            ],
+            "cursor": {},
+            "$db": "db",
+        }
+    } else {
+        rawdoc! {
+            "find": "coll",
+            "filter": { "sku": "sku-000001", "status": "A" },
+            "limit": 1,
+            "singleBatch": true,
+            "$db": "db",
+        }
     };
-    let mut request = encode(&find);
+    let mut request = encode(&command);
     let mut hist = new_histogram()?;
     let mut ops = 0u64;
     let mut checked = false;
@@ -457,7 +483,7 @@ async fn drive(mut conn: Conn, start: Instant, plan: Plan) -> anyhow::Result<Mea
             // Parse the body once per connection to prove the target really
             // answers finds; after that only the header is checked, to keep
             // the load client's own CPU cost low.
-            check_ok(&reply).context("find")?;
+            check_ok(&reply).context(if plan.aggregate { "aggregate" } else { "find" })?;
             checked = true;
         }
         // Count round trips that complete inside the window, so that
