@@ -138,6 +138,13 @@ pub async fn run(
     // points are `read_buf` (cancel-safe), `write_all` of a whole chunk
     // and the `flush` after it.
     let mut draining = false;
+    // The select below polls every branch on each wakeup of this task, i.e.
+    // for every frame. Polling the proxy-wide tokens locks a mutex that all
+    // sessions share; a child token's lock is this session's alone.
+    let (abort, drain) = (shutdown.abort.child_token(), shutdown.drain.child_token());
+    let aborted = abort.cancelled();
+    let drained = drain.cancelled();
+    tokio::pin!(aborted, drained);
     // Latency samples are published in batches; this bounds how stale
     // /stats can be for a connection that has gone quiet.
     let mut flush = tokio::time::interval(crate::stats::FLUSH_INTERVAL);
@@ -146,8 +153,8 @@ pub async fn run(
         tokio::select! {
             r = &mut to_upstream => break End::new(Side::Client, r),
             r = &mut to_client => break End::new(Side::Upstream, r),
-            _ = shutdown.abort.cancelled() => break End::Shutdown,
-            _ = shutdown.drain.cancelled(), if !draining => draining = true,
+            _ = &mut aborted => break End::Shutdown,
+            _ = &mut drained, if !draining => draining = true,
             _ = flush.tick() => {
                 conn_state.flush();
                 // A pending awaitable hello counts as pending: monitors are
