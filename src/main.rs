@@ -96,7 +96,8 @@ struct ProxyArgs {
     /// Log format on stderr [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// Tokio runtime flavour [default: multi-thread].
+    /// Tokio runtime flavour [default: auto: current-thread with 2 CPUs or
+    /// fewer, multi-thread above].
     #[arg(long, value_enum)]
     runtime: Option<RuntimeFlavor>,
 }
@@ -179,10 +180,22 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
 fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
     let cfg = args.load()?;
     logging::init(&cfg.log)?;
-    let runtime = match cfg.proxy.runtime {
-        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let flavor = cfg.proxy.runtime.resolve(cpus);
+    tracing::info!(
+        configured = cfg.proxy.runtime.name(),
+        runtime = flavor.name(),
+        cpus,
+        "tokio runtime: {} ({cpus} CPUs available, proxy.runtime = {})",
+        flavor.name(),
+        cfg.proxy.runtime.name()
+    );
+    let runtime = match flavor {
+        RuntimeFlavor::CurrentThread | RuntimeFlavor::Auto => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
         RuntimeFlavor::MultiThread => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if cfg.proxy.worker_threads > 0 {

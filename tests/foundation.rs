@@ -325,6 +325,31 @@ async fn rust_driver_results_match_direct() {
     assert_proxy_saw(&proxy, &proxied_db).await;
 }
 
+/// `runtime = "auto"` picks current-thread on machines with 2 CPUs or fewer
+/// (this one and CI's included), so each flavour is run explicitly here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_runtime_flavour_forwards_the_same_results() {
+    let ferret = Ferret::start();
+    let direct = rust_workload(&ferret.uri(), &unique_db("flavour_direct")).await;
+    assert_eq!(direct.inserted, DOCS as usize);
+    for flavour in ["multi-thread", "current-thread"] {
+        let proxy = Mongotap::start_with(ferret.addr(), &["--runtime", flavour]);
+        let db = unique_db(&format!("flavour_{}", flavour.replace('-', "_")));
+        let proxied = rust_workload(&proxy.uri(), &db).await;
+        assert_eq!(
+            direct, proxied,
+            "results through --runtime {flavour} differ from direct"
+        );
+        assert_proxy_saw(&proxy, &db).await;
+        let chosen = proxy
+            .logs()
+            .into_iter()
+            .find(|l| l["runtime"].is_string())
+            .expect("mongotap logs the runtime it runs");
+        assert_eq!(chosen["runtime"], flavour, "{chosen}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymongo_results_match_direct() {
     let ferret = Ferret::start();

@@ -44,3 +44,14 @@ fn invalid_values_say_what_to_do() {
     );
     assert!(bad("[[rewrite.rule]]\ncommands = [\"find\"]\n").contains("no action"));
 }
+
+#[test]
+fn auto_runtime_is_current_thread_on_small_machines() {
+    use super::RuntimeFlavor::*;
+    assert_eq!(Config::default().proxy.runtime, Auto);
+    assert_eq!(Auto.resolve(1), CurrentThread);
+    assert_eq!(Auto.resolve(2), CurrentThread);
+    assert_eq!(Auto.resolve(3), MultiThread);
+    assert_eq!(MultiThread.resolve(1), MultiThread);
+    assert_eq!(CurrentThread.resolve(64), CurrentThread);
+}
