@@ -205,8 +205,9 @@ impl<'a> CommandView<'a> {
         pipeline.into_iter().flat_map(|p| {
             p.into_iter().filter_map(|stage| {
                 let stage = stage.ok()?.as_document()?;
-                let (name, _) = stage.iter().next()?.ok()?;
-                Some(name.as_str())
+                // The key only: decoding the stage's value is not needed.
+                let first = stage.iter_elements().next()?.ok()?;
+                Some(first.key().as_str())
             })
         })
     }

@@ -138,24 +138,27 @@ pub async fn run(
     // points are `read_buf` (cancel-safe), `write_all` of a whole chunk
     // and the `flush` after it.
     let mut draining = false;
-    // The select below polls every branch on each wakeup of this task, i.e.
-    // for every frame. Polling the proxy-wide tokens locks a mutex that all
-    // sessions share; a child token's lock is this session's alone.
+    // Child tokens: a poll of a token locks its mutex, and the proxy-wide
+    // ones are shared by every session.
     let (abort, drain) = (shutdown.abort.child_token(), shutdown.drain.child_token());
-    let aborted = abort.cancelled();
-    let drained = drain.cancelled();
-    tokio::pin!(aborted, drained);
     // Latency samples are published in batches; this bounds how stale
     // /stats can be for a connection that has gone quiet.
     let mut flush = tokio::time::interval(crate::stats::FLUSH_INTERVAL);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
-        tokio::select! {
+        // The control branch is gated: frames wake this task all the time,
+        // and only its own wakeups make it poll the tokens and the timer.
+        let mut control = gate::gated(control(&abort, &drain, &mut flush, draining));
+        let event = tokio::select! {
             r = &mut to_upstream => break End::new(Side::Client, r),
             r = &mut to_client => break End::new(Side::Upstream, r),
-            _ = &mut aborted => break End::Shutdown,
-            _ = &mut drained, if !draining => draining = true,
-            _ = flush.tick() => {
+            event = &mut control => event,
+        };
+        drop(control);
+        match event {
+            Control::Abort => break End::Shutdown,
+            Control::Drain => draining = true,
+            Control::Tick => {
                 conn_state.flush();
                 // A pending awaitable hello counts as pending: monitors are
                 // never idle-closed.
@@ -163,11 +166,12 @@ pub async fn run(
                     && conn_state.pending() == 0
                     && conn_state.idle_for() >= idle_timeout
                 {
-                    break End::Failed(SessionError::Idle { ms: idle_timeout.as_millis() as u64 });
+                    break End::Failed(SessionError::Idle {
+                        ms: idle_timeout.as_millis() as u64,
+                    });
                 }
             }
-            // While draining, check every few ms whether the last reply is in.
-            _ = tokio::time::sleep(Duration::from_millis(5)), if draining => {
+            Control::DrainCheck => {
                 if conn_state.pending() == 0 {
                     break End::Shutdown;
                 }
@@ -176,6 +180,33 @@ pub async fn run(
     };
     conn_state.finish(&end);
     report_end(&shared, &id, &end);
+}
+
+/// What the session's control branch reports.
+enum Control {
+    /// The drain deadline passed.
+    Abort,
+    /// Shutdown began: finish what is pending.
+    Drain,
+    /// Time to publish samples and check the idle timeout.
+    Tick,
+    /// While draining, every few ms: is the last reply in?
+    DrainCheck,
+}
+
+async fn control(
+    abort: &CancellationToken,
+    drain: &CancellationToken,
+    flush: &mut tokio::time::Interval,
+    draining: bool,
+) -> Control {
+    tokio::select! {
+        biased;
+        _ = abort.cancelled() => Control::Abort,
+        _ = drain.cancelled(), if !draining => Control::Drain,
+        _ = flush.tick() => Control::Tick,
+        _ = tokio::time::sleep(Duration::from_millis(5)), if draining => Control::DrainCheck,
+    }
 }
 
 /// How a session ended.
@@ -511,3 +542,5 @@ where
 
 #[cfg(test)]
 mod tests;
+
+mod gate;
