@@ -91,9 +91,8 @@ impl<'a> CommandView<'a> {
     /// Scans the top-level keys once. Fails on an empty document or on a
     /// malformed element.
     pub fn parse(doc: &'a RawDocument) -> Result<Self, DecodeError> {
-        // Elements, not (key, value) pairs: a value is only decoded when
-        // its key is one mongotap reads, so a large filter or lsid costs
-        // nothing beyond its length check.
+        // Elements, not (key, value) pairs, so each one's place in the
+        // document is known: a rewrite splices around those spans.
         let mut elements = doc.iter_elements();
         let first = match elements.next() {
             Some(Ok(e)) => e,
@@ -128,9 +127,19 @@ impl<'a> CommandView<'a> {
             allow_disk_use_field: None,
             rewrite_key_repeated: false,
         };
+        let first_field = Field {
+            value: first_value,
+            span: (4, offset),
+        };
         match name {
             "getMore" => v.cursor_id = as_i64(first_value),
             "explain" => v.explain = first_value.as_document(),
+            // A command named like a field a rewrite sets (only a hostile
+            // or broken client sends one): that element is the field's
+            // first copy, so a rewrite replaces it instead of adding a
+            // second key of the same name.
+            "maxTimeMS" => v.max_time_ms_field = Some(first_field),
+            "allowDiskUse" => v.allow_disk_use_field = Some(first_field),
             _ => {}
         }
         for element in elements {
@@ -138,13 +147,15 @@ impl<'a> CommandView<'a> {
             let key = element.key().as_str();
             let start = offset;
             offset += element_len(key, element.size());
-            let value = || element.value().map_err(bson_err);
+            // Every top-level value is decoded, so a malformed one (bad
+            // UTF-8, a bad length inside) closes the connection with a
+            // reason instead of being forwarded or copied by a rewrite.
+            let value = element.value().map_err(bson_err)?;
             match key {
-                "$db" => v.db = value()?.as_str(),
-                "collection" => v.getmore_collection = value()?.as_str(),
-                "pipeline" => v.pipeline = value()?.as_array(),
+                "$db" => v.db = value.as_str(),
+                "collection" => v.getmore_collection = value.as_str(),
+                "pipeline" => v.pipeline = value.as_array(),
                 "maxTimeMS" => {
-                    let value = value()?;
                     if v.max_time_ms_field.is_some() {
                         v.rewrite_key_repeated = true;
                     } else {
@@ -156,7 +167,6 @@ impl<'a> CommandView<'a> {
                     }
                 }
                 "allowDiskUse" => {
-                    let value = value()?;
                     if v.allow_disk_use_field.is_some() {
                         v.rewrite_key_repeated = true;
                     } else {
@@ -167,13 +177,13 @@ impl<'a> CommandView<'a> {
                         });
                     }
                 }
-                "comment" => v.comment = Some(value()?),
-                "lsid" => v.lsid = value()?.as_document(),
-                "cursors" => v.cursors = value()?.as_array(),
+                "comment" => v.comment = Some(value),
+                "lsid" => v.lsid = value.as_document(),
+                "cursors" => v.cursors = value.as_array(),
                 "topologyVersion" => v.has_topology_version = true,
-                "maxAwaitTimeMS" => v.max_await_time_ms = as_i64(value()?),
-                "tailable" => v.tailable = as_bool(value()?).unwrap_or(false),
-                "awaitData" => v.await_data = as_bool(value()?).unwrap_or(false),
+                "maxAwaitTimeMS" => v.max_await_time_ms = as_i64(value),
+                "tailable" => v.tailable = as_bool(value).unwrap_or(false),
+                "awaitData" => v.await_data = as_bool(value).unwrap_or(false),
                 "speculativeAuthenticate" => v.speculative_authenticate = true,
                 _ => {}
             }
