@@ -228,12 +228,6 @@ pub enum RuntimeFlavor {
 }
 
 impl RuntimeFlavor {
-    /// What `auto` means on this machine. With 2 CPUs or fewer (a sidecar,
-    /// a small VM, a container's CPU quota), the proxy shares them with
-    /// the app or the server, and work stealing between two tokio workers
-    /// costs more than it gives: on the 2-core bench machine current-thread
-    /// used 7-9 % less CPU per request and cut p99.9 from about 4 ms to
-    /// 1.4 ms at the same throughput (bench/README.md).
     /// The name as written in the config file.
     pub fn name(self) -> &'static str {
         match self {
@@ -243,6 +237,13 @@ impl RuntimeFlavor {
         }
     }
 
+    /// What `auto` means on this machine. With 2 CPUs or fewer (a sidecar,
+    /// a small VM, a container's CPU quota), the proxy shares them with
+    /// the app or the server, and work stealing between two tokio workers
+    /// costs more than it gives: on the 2-core bench machine current-thread
+    /// used 1-9 % less CPU per request and kept p99.9 at haproxy's level
+    /// (0.5-0.8 ms at 16 connections) instead of about 4 ms
+    /// (bench/README.md, "Runtime flavours").
     pub fn resolve(self, cpus: usize) -> RuntimeFlavor {
         match self {
             RuntimeFlavor::Auto if cpus <= 2 => RuntimeFlavor::CurrentThread,
