@@ -155,26 +155,27 @@ impl<'a> CommandView<'a> {
                 "$db" => v.db = value.as_str(),
                 "collection" => v.getmore_collection = value.as_str(),
                 "pipeline" => v.pipeline = value.as_array(),
-                "maxTimeMS" => {
-                    if v.max_time_ms_field.is_some() {
+                "maxTimeMS" | "allowDiskUse" => {
+                    let field = Field {
+                        value,
+                        span: (start, offset),
+                    };
+                    let slot = if key == "maxTimeMS" {
+                        &mut v.max_time_ms_field
+                    } else {
+                        &mut v.allow_disk_use_field
+                    };
+                    // The first copy counts; a repeat makes a rewrite walk
+                    // the body to drop it.
+                    if slot.is_some() {
                         v.rewrite_key_repeated = true;
                     } else {
-                        v.max_time_ms = as_i64(value);
-                        v.max_time_ms_field = Some(Field {
-                            value,
-                            span: (start, offset),
-                        });
-                    }
-                }
-                "allowDiskUse" => {
-                    if v.allow_disk_use_field.is_some() {
-                        v.rewrite_key_repeated = true;
-                    } else {
-                        v.allow_disk_use = as_bool(value);
-                        v.allow_disk_use_field = Some(Field {
-                            value,
-                            span: (start, offset),
-                        });
+                        *slot = Some(field);
+                        if key == "maxTimeMS" {
+                            v.max_time_ms = as_i64(value);
+                        } else {
+                            v.allow_disk_use = as_bool(value);
+                        }
                     }
                 }
                 "comment" => v.comment = Some(value),
