@@ -4,6 +4,8 @@
 //! Forwarding never copies: the bytes of every complete frame in a read are
 //! split off the read buffer as one `Bytes` and written as they are.
 
+mod gate;
+
 use crate::error::{SessionError, Side};
 use crate::observer::{ConnState, Observe, ReplyObserver, RequestObserver};
 use crate::shared::{ActiveGuard, Shared};
@@ -542,5 +544,3 @@ where
 
 #[cfg(test)]
 mod tests;
-
-mod gate;
