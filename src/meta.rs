@@ -120,11 +120,9 @@ impl<'a> SummaryKey<'a> {
             db: v.db.unwrap_or(db_fallback),
             collection: v.collection().unwrap_or(""),
             max_time_ms: v.max_time_ms,
-            allow_disk_use: v.allow_disk_use.or_else(|| {
-                v.explain
-                    .and_then(|_| v.explain_view())
-                    .and_then(|e| e.allow_disk_use)
-            }),
+            allow_disk_use: v
+                .allow_disk_use
+                .or_else(|| v.explain_view().and_then(|e| e.allow_disk_use)),
         };
         for c in changes {
             match c.field {

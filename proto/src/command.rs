@@ -43,6 +43,8 @@ pub struct CommandView<'a> {
     /// `maxTimeMS` or `allowDiskUse` appears more than once. The rewrite
     /// then walks the whole body so it can drop the duplicates.
     pub rewrite_key_repeated: bool,
+    /// Where the first element (the command name and its value) sits.
+    pub(crate) first_span: (usize, usize),
 }
 
 /// One top-level element: its value and the byte range of the whole
@@ -126,10 +128,11 @@ impl<'a> CommandView<'a> {
             max_time_ms_field: None,
             allow_disk_use_field: None,
             rewrite_key_repeated: false,
+            first_span: (4, offset),
         };
         let first_field = Field {
             value: first_value,
-            span: (4, offset),
+            span: v.first_span,
         };
         match name {
             "getMore" => v.cursor_id = as_i64(first_value),

@@ -145,17 +145,16 @@ pub fn plan(view: &CommandView<'_>, limits: &Limits) -> Option<Plan> {
                 });
                 plan.changes.push(allow_disk_use_change());
             }
-        } else if let (Some(inner), Some(inner_view)) = (view.explain, view.explain_view()) {
+        } else if let Some(inner_view) = view.explain_view() {
             // An explained command that does not parse (`{explain: {}}`) is
             // the server's to reject; failing here would close the connection.
             if accepts_allow_disk_use(inner_view.name) && inner_view.allow_disk_use_field.is_none()
             {
-                // `explain` is the first element: its value is `inner`.
-                let end = 4 + 1 + "explain".len() + 1 + inner.as_bytes().len();
+                // `explain` is the first element; its value is the inner command.
                 plan.edits.push(Edit {
                     key: "explain",
-                    value: Value::Document(with_allow_disk_use(inner.as_bytes())),
-                    span: Some((4, end)),
+                    value: Value::Document(with_allow_disk_use(inner_view.doc.as_bytes())),
+                    span: Some(view.first_span),
                 });
                 plan.changes.push(allow_disk_use_change());
             }

@@ -66,10 +66,13 @@ impl<'a> RequestObserver<'a> {
                 && view
                     .cursor_id
                     .is_some_and(|id| shared.cursors.is_awaiting(id)));
-        let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
-            || (view.name == "aggregate" && view.stages().next() == Some("$changeStream"));
         // The tracker shows the limits in force, not the client's.
         let summary = self.summaries.get(view, db_fallback, changes);
+        // The summary already holds the stage names: no second pass over
+        // the pipeline.
+        let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
+            || (view.name == "aggregate"
+                && summary.stages.first().map(|s| &**s) == Some("$changeStream"));
         let injected_max_time = changes.iter().any(|c| c.field == "maxTimeMS");
         let comment = view
             .comment
@@ -223,15 +226,15 @@ impl RequestObserver<'_> {
         }
         let plan = plan.filter(|_| !dry_run);
         let flags = msg.flags & !unknown_flags;
-        let (ids, sequences) = ((header.request_id, header.response_to), &msg.sequences);
+        let (id, to) = (header.request_id, header.response_to);
         // The new body is spliced straight into the outgoing frame.
         let mut bytes = match &plan {
             Some(plan) => {
-                op_msg::encode_with(ids.0, ids.1, flags, plan.body_len(view), sequences, |out| {
+                op_msg::encode_with(id, to, flags, plan.body_len(view), &msg.sequences, |out| {
                     plan.write_body(view, out)
                 })?
             }
-            None => op_msg::encode(ids.0, ids.1, flags, msg.body, sequences),
+            None => op_msg::encode(id, to, flags, msg.body, &msg.sequences),
         };
         if let Some(c) = compressor {
             match op_compressed::compress(&bytes, c) {
