@@ -1,11 +1,12 @@
-//! The in-flight table: every request that expects a reply, keyed by
-//! (connection, requestID), until its last reply arrives.
+//! The in-flight tables: every request that expects a reply, per
+//! connection and keyed by requestID, until its last reply arrives.
 
 use crate::meta::{ClientMeta, CommandSummary};
 use dashmap::DashMap;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -69,80 +70,171 @@ pub struct InflightRow {
     pub comment: Option<String>,
 }
 
+/// One connection's pending commands, keyed by requestID. Its session
+/// inserts and removes; the watchdog and the admin endpoint reach it through
+/// the `Tracker`, once a tick or once a scrape, so the lock is effectively
+/// uncontended and the per-request work stays in the connection's own memory.
+#[derive(Default)]
+pub struct ConnInflight {
+    entries: Mutex<HashMap<i32, Pending, ahash::RandomState>>,
+}
+
+impl ConnInflight {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, Pending, ahash::RandomState>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, p: Pending) {
+        self.lock().insert(p.request_id, p);
+    }
+
+    pub fn remove(&self, request_id: i32) -> Option<Pending> {
+        self.lock().remove(&request_id)
+    }
+
+    /// Takes every entry (the connection closed), oldest first.
+    pub fn drain(&self) -> Vec<Pending> {
+        let mut out: Vec<Pending> = self.lock().drain().map(|(_, p)| p).collect();
+        out.sort_by_key(|p| p.started);
+        out
+    }
+}
+
+/// Every connection's pending commands. A connection registers once when it
+/// opens; nothing here is touched per request.
 #[derive(Default)]
 pub struct Tracker {
-    /// Every request and reply touches this table once; ahash keeps the
-    /// lookups cheap (SipHash showed in profiles) and still keyed per
-    /// process.
-    table: DashMap<(u64, i32), Pending, ahash::RandomState>,
+    conns: DashMap<u64, Arc<ConnInflight>, ahash::RandomState>,
 }
 
 impl Tracker {
-    pub fn insert(&self, p: Pending) {
-        self.table.insert((p.conn, p.request_id), p);
+    /// The table for a new connection; `unregister` when it closes.
+    pub fn register(&self, conn: u64) -> Arc<ConnInflight> {
+        let table = Arc::new(ConnInflight::default());
+        self.conns.insert(conn, table.clone());
+        table
     }
 
-    pub fn remove(&self, conn: u64, request_id: i32) -> Option<Pending> {
-        self.table.remove(&(conn, request_id)).map(|(_, p)| p)
+    pub fn unregister(&self, conn: u64) {
+        self.conns.remove(&conn);
     }
 
-    /// Removes every entry of a connection (it closed). This walks the
-    /// table, so callers skip it when the connection had nothing pending.
-    pub fn drain_conn(&self, conn: u64) -> Vec<Pending> {
-        let mut out = Vec::new();
-        self.table.retain(|k, p| {
-            if k.0 == conn {
-                out.push(p.clone());
-                false
-            } else {
-                true
+    /// Runs `f` on every pending command with mutable access (the
+    /// watchdog), one connection's lock at a time.
+    pub fn for_each_mut(&self, mut f: impl FnMut(&mut Pending)) {
+        // Collect first: a session may register or unregister meanwhile,
+        // and a DashMap shard lock must not be held across another lock.
+        let tables: Vec<Arc<ConnInflight>> = self.conns.iter().map(|e| e.value().clone()).collect();
+        for table in tables {
+            for p in table.lock().values_mut() {
+                f(p);
             }
-        });
-        out.sort_by_key(|p| p.started);
-        out
+        }
     }
 
     /// Commands that are really waiting on the server (awaiting ones excluded).
     pub fn inflight_count(&self) -> usize {
-        self.table.iter().filter(|e| !e.awaiting).count()
-    }
-
-    /// Runs `f` on every entry with mutable access (the watchdog).
-    pub fn for_each_mut(&self, mut f: impl FnMut(&mut Pending)) {
-        for mut e in self.table.iter_mut() {
-            f(e.value_mut());
-        }
+        let mut n = 0;
+        self.for_each_mut(|p| n += usize::from(!p.awaiting));
+        n
     }
 
     /// Every pending command, oldest first.
     pub fn snapshot(&self, stall_ms: u64) -> Vec<InflightRow> {
         let now = Instant::now();
-        let mut rows: Vec<InflightRow> = self
-            .table
-            .iter()
-            .map(|e| {
-                let p = e.value();
-                let age_ms = p.age_ms(now);
-                InflightRow {
-                    conn: p.conn,
-                    request_id: p.request_id,
-                    client: p.client.to_string(),
-                    app: p.meta.app.to_string(),
-                    driver: p.meta.driver_label(),
-                    command: p.summary.command.to_string(),
-                    db: p.summary.db.to_string(),
-                    collection: p.summary.collection.to_string(),
-                    stages: p.summary.stages.iter().map(|s| s.to_string()).collect(),
-                    max_time_ms: p.summary.max_time_ms,
-                    allow_disk_use: p.summary.allow_disk_use,
-                    age_ms,
-                    awaiting: p.awaiting,
-                    stalled: !p.awaiting && age_ms >= stall_ms,
-                    comment: p.comment.as_deref().map(str::to_string),
-                }
+        let mut rows = Vec::new();
+        self.for_each_mut(|p| {
+            let age_ms = p.age_ms(now);
+            rows.push(InflightRow {
+                conn: p.conn,
+                request_id: p.request_id,
+                client: p.client.to_string(),
+                app: p.meta.app.to_string(),
+                driver: p.meta.driver_label(),
+                command: p.summary.command.to_string(),
+                db: p.summary.db.to_string(),
+                collection: p.summary.collection.to_string(),
+                stages: p.summary.stages.iter().map(|s| s.to_string()).collect(),
+                max_time_ms: p.summary.max_time_ms,
+                allow_disk_use: p.summary.allow_disk_use,
+                age_ms,
+                awaiting: p.awaiting,
+                stalled: !p.awaiting && age_ms >= stall_ms,
+                comment: p.comment.as_deref().map(str::to_string),
             })
-            .collect();
+        });
         rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::ClientMeta;
+    use std::time::Duration;
+
+    fn pending(conn: u64, request_id: i32, started: Instant) -> Pending {
+        Pending {
+            conn,
+            request_id,
+            client: "127.0.0.1:1".parse().expect("address"),
+            meta: Arc::new(ClientMeta::default()),
+            summary: Arc::new(CommandSummary {
+                command: "find".into(),
+                db: "db".into(),
+                collection: "coll".into(),
+                stages: Vec::new(),
+                shape: "".into(),
+                max_time_ms: None,
+                allow_disk_use: None,
+            }),
+            comment: None,
+            started,
+            awaiting: request_id < 0,
+            opens_awaiting_cursor: false,
+            cursor_id: None,
+            killed_cursors: Vec::new(),
+            stall_reports: 0,
+            injected_max_time: false,
+            explain_body: None,
+            explained: false,
+            capture: None,
+        }
+    }
+
+    /// Each connection keeps its own table; the tracker sees them all until
+    /// a connection unregisters.
+    #[test]
+    fn the_tracker_sees_every_registered_connection() {
+        let tracker = Tracker::default();
+        let (one, two) = (tracker.register(1), tracker.register(2));
+        let t0 = Instant::now();
+        one.insert(pending(1, 10, t0));
+        one.insert(pending(1, -11, t0));
+        two.insert(pending(2, 10, t0 + Duration::from_millis(5)));
+        assert_eq!(tracker.inflight_count(), 2, "the awaiting one is left out");
+        assert_eq!(tracker.snapshot(60_000).len(), 3);
+        // Same requestID on another connection is another command.
+        assert_eq!(two.remove(10).map(|p| p.conn), Some(2));
+        assert!(two.remove(10).is_none());
+        assert_eq!(tracker.inflight_count(), 1);
+        tracker.unregister(1);
+        assert!(tracker.snapshot(60_000).is_empty());
+        // The session still holds its table and drains it at close.
+        let drained: Vec<i32> = one.drain().iter().map(|p| p.request_id).collect();
+        assert_eq!(drained.len(), 2);
+        assert!(one.drain().is_empty());
+    }
+
+    #[test]
+    fn drain_returns_the_oldest_first() {
+        let table = ConnInflight::default();
+        let t0 = Instant::now();
+        for (id, ms) in [(1, 30), (2, 10), (3, 20)] {
+            table.insert(pending(7, id, t0 + Duration::from_millis(ms)));
+        }
+        let order: Vec<i32> = table.drain().iter().map(|p| p.request_id).collect();
+        assert_eq!(order, [2, 3, 1]);
     }
 }

@@ -16,6 +16,7 @@ use crate::events;
 use crate::session::{ConnId, End};
 use crate::shared::Shared;
 use crate::stats::SampleBuffer;
+use crate::tracker::ConnInflight;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::{CommandView, DecodeError};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -29,6 +30,8 @@ pub struct ConnState {
     pub id: ConnId,
     /// Requests that expect a reply and have not had their last one yet.
     pending: AtomicUsize,
+    /// Those requests themselves, registered in the shared `Tracker`.
+    inflight: Arc<ConnInflight>,
     samples: Mutex<SampleBuffer>,
     /// The client address, rendered once for capture records.
     client_label: Arc<str>,
@@ -46,6 +49,7 @@ impl ConnState {
     pub fn new(shared: Arc<Shared>, id: ConnId) -> Self {
         ConnState {
             captured: shared.capture.sample(id.conn),
+            inflight: shared.tracker.register(id.conn),
             client_label: Arc::from(id.client.to_string()),
             shared,
             id,
@@ -143,7 +147,7 @@ impl ConnState {
                     })
             );
             let now = Instant::now();
-            for p in shared.tracker.drain_conn(self.id.conn) {
+            for p in self.inflight.drain() {
                 if p.awaiting {
                     continue;
                 }
@@ -163,6 +167,12 @@ impl ConnState {
                 events::cursor_leaked(id, &c, now, "connection closed with the cursor open");
             }
         }
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.shared.tracker.unregister(self.id.conn);
     }
 }
 

@@ -34,7 +34,7 @@ impl<'a> ReplyObserver<'a> {
             return;
         }
         let conn = self.conn.id.conn;
-        let Some(mut p) = shared.tracker.remove(conn, response_to) else {
+        let Some(mut p) = self.conn.inflight.remove(response_to) else {
             shared.counters.unmatched_replies.fetch_add(1, Relaxed);
             self.conn.capture(frame, Direction::ToClient, None);
             return;
@@ -52,7 +52,7 @@ impl<'a> ReplyObserver<'a> {
             // this one. The command stays open until a reply without
             // moreToCome.
             p.request_id = request_id;
-            shared.tracker.insert(p);
+            self.conn.inflight.insert(p);
             return;
         }
         let _ = self

@@ -77,7 +77,7 @@ impl<'a> RequestObserver<'a> {
         let comment = view
             .comment
             .and_then(|c| render_comment(c, shared.config.watch.log_values));
-        shared.tracker.insert(Pending {
+        self.conn.inflight.insert(Pending {
             conn: self.conn.id.conn,
             request_id,
             client: self.conn.id.client,
