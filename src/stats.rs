@@ -36,12 +36,17 @@ pub struct ShapeKey {
     pub shape: Arc<str>,
 }
 
-/// One latency sample waiting in a session's buffer.
-pub struct Sample {
-    pub summary: Arc<CommandSummary>,
-    pub meta: Arc<ClientMeta>,
-    pub micros: u64,
-    pub error: bool,
+/// Marks an error in a buffered latency value (a latency never needs the
+/// top bit).
+const ERROR_BIT: u64 = 1 << 63;
+
+/// A run of buffered samples: the same command summary from the same
+/// client, `len` values in a row. A connection mostly repeats one command,
+/// so a batch is a few runs, and a sample costs 8 bytes and no refcount.
+struct Run {
+    summary: Arc<CommandSummary>,
+    meta: Arc<ClientMeta>,
+    len: usize,
 }
 
 pub struct Series {
@@ -68,6 +73,13 @@ impl Series {
             err: h(),
             sum_ok_us: 0,
             sum_err_us: 0,
+        }
+    }
+
+    /// Records buffered values (see `ERROR_BIT`).
+    fn record_all(&mut self, values: &[u64]) {
+        for &v in values {
+            self.record(v & !ERROR_BIT, v & ERROR_BIT != 0);
         }
     }
 
@@ -130,54 +142,41 @@ impl Stats {
         }
     }
 
-    /// Merges a batch of samples under one lock. A session's samples come
-    /// in runs of the same command summary and client (one connection
-    /// repeating one command), so each run costs one series lookup.
-    pub fn merge(&self, samples: &mut Vec<Sample>) {
-        if samples.is_empty() {
-            return;
-        }
+    /// Merges a batch of samples under one lock, one series lookup per run.
+    fn merge(&self, runs: &[Run], values: &[u64]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
         let mut folded = 0;
-        let mut rest = &samples[..];
-        while let Some(first) = rest.first() {
-            let run_len = rest
-                .iter()
-                .position(|s| {
-                    !Arc::ptr_eq(&s.summary, &first.summary) || !Arc::ptr_eq(&s.meta, &first.meta)
-                })
-                .unwrap_or(rest.len());
-            let (run, next) = rest.split_at(run_len);
+        let mut rest = values;
+        for run in runs {
+            let (samples, next) = rest.split_at(run.len.min(rest.len()));
             rest = next;
-            let (key, was_folded) = self.command_key(&inner.commands, first);
-            folded += u64::from(was_folded) * run.len() as u64;
+            let (key, was_folded) = self.command_key(&inner.commands, run);
+            folded += u64::from(was_folded) * samples.len() as u64;
             let series = inner
                 .commands
                 .entry(key.clone())
                 .or_insert_with(Series::new);
-            for s in run {
-                series.record(s.micros, s.error);
-            }
-            if first.summary.shape.is_empty() {
+            series.record_all(samples);
+            if run.summary.shape.is_empty() {
                 continue;
             }
             let mut shape = ShapeKey {
                 db: key.db,
                 collection: key.collection,
                 app: key.app,
-                shape: first.summary.shape.clone(),
+                shape: run.summary.shape.clone(),
             };
             if !inner.shapes.contains_key(&shape) && inner.shapes.len() >= self.max_series {
                 shape.shape = Arc::from(OTHER);
-                folded += run.len() as u64;
+                folded += samples.len() as u64;
             }
-            let series = inner.shapes.entry(shape).or_insert_with(Series::new);
-            for s in run {
-                series.record(s.micros, s.error);
-            }
+            inner
+                .shapes
+                .entry(shape)
+                .or_insert_with(Series::new)
+                .record_all(samples);
         }
-        samples.clear();
         if folded > 0 {
             self.folded.fetch_add(folded, Relaxed);
         }
@@ -185,7 +184,7 @@ impl Stats {
 
     /// The series a sample belongs to, or the `other` series when
     /// `max_series` is reached (then `true`).
-    fn command_key(&self, commands: &SeriesMap<SeriesKey>, s: &Sample) -> (SeriesKey, bool) {
+    fn command_key(&self, commands: &SeriesMap<SeriesKey>, s: &Run) -> (SeriesKey, bool) {
         let key = SeriesKey {
             command: s.summary.command.clone(),
             db: s.summary.db.clone(),
@@ -274,14 +273,17 @@ fn row(labels: [(&str, &Arc<str>); 4], s: &Series) -> StatsRow {
 
 /// A session's local sample buffer.
 pub struct SampleBuffer {
-    samples: Vec<Sample>,
+    runs: Vec<Run>,
+    /// Latencies in µs, with `ERROR_BIT` set for errors; `runs` says whose.
+    values: Vec<u64>,
     oldest: Option<Instant>,
 }
 
 impl Default for SampleBuffer {
     fn default() -> Self {
         SampleBuffer {
-            samples: Vec::with_capacity(FLUSH_SAMPLES),
+            runs: Vec::new(),
+            values: Vec::with_capacity(FLUSH_SAMPLES),
             oldest: None,
         }
     }
@@ -289,10 +291,30 @@ impl Default for SampleBuffer {
 
 impl SampleBuffer {
     /// Adds a sample; publishes the batch when it is full or old enough.
-    pub fn push(&mut self, sample: Sample, now: Instant, stats: &Stats) {
+    pub fn push(
+        &mut self,
+        summary: &Arc<CommandSummary>,
+        meta: &Arc<ClientMeta>,
+        micros: u64,
+        error: bool,
+        now: Instant,
+        stats: &Stats,
+    ) {
         self.oldest.get_or_insert(now);
-        self.samples.push(sample);
-        if self.samples.len() >= FLUSH_SAMPLES
+        match self.runs.last_mut() {
+            Some(run) if Arc::ptr_eq(&run.summary, summary) && Arc::ptr_eq(&run.meta, meta) => {
+                run.len += 1
+            }
+            _ => self.runs.push(Run {
+                summary: summary.clone(),
+                meta: meta.clone(),
+                len: 1,
+            }),
+        }
+        let micros = micros.min(!ERROR_BIT);
+        self.values
+            .push(if error { micros | ERROR_BIT } else { micros });
+        if self.values.len() >= FLUSH_SAMPLES
             || self
                 .oldest
                 .is_some_and(|t| now.duration_since(t) >= FLUSH_INTERVAL)
@@ -302,11 +324,94 @@ impl SampleBuffer {
     }
 
     pub fn flush(&mut self, stats: &Stats) {
-        stats.merge(&mut self.samples);
+        if !self.values.is_empty() {
+            stats.merge(&self.runs, &self.values);
+        }
+        self.runs.clear();
+        self.values.clear();
         self.oldest = None;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.values.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(command: &str, shape: &str) -> Arc<CommandSummary> {
+        Arc::new(CommandSummary {
+            command: command.into(),
+            db: "db".into(),
+            collection: "coll".into(),
+            stages: Vec::new(),
+            shape: shape.into(),
+            max_time_ms: None,
+            allow_disk_use: None,
+        })
+    }
+
+    fn meta(app: &str) -> Arc<ClientMeta> {
+        Arc::new(ClientMeta {
+            app: app.into(),
+            ..ClientMeta::default()
+        })
+    }
+
+    fn row<'a>(rows: &'a [StatsRow], label: &str, value: &str) -> &'a StatsRow {
+        rows.iter()
+            .find(|r| r.labels.get(label).and_then(|v| v.as_str()) == Some(value))
+            .unwrap_or_else(|| panic!("no row with {label}={value}"))
+    }
+
+    /// Runs are split where the command or the client changes, and every
+    /// value lands in its own series with its outcome.
+    #[test]
+    fn buffered_runs_land_in_their_own_series() {
+        let stats = Stats::new(100);
+        let (find, agg) = (summary("find", ""), summary("aggregate", "$match>$limit"));
+        let app = meta("app");
+        let mut buf = SampleBuffer::default();
+        let now = Instant::now();
+        buf.push(&find, &app, 100, false, now, &stats);
+        buf.push(&find, &app, 200, true, now, &stats);
+        buf.push(&agg, &app, 300, false, now, &stats);
+        buf.push(&find, &app, 400, false, now, &stats);
+        assert!(stats.command_rows().is_empty(), "published before a flush");
+        buf.flush(&stats);
+        assert!(buf.is_empty());
+        let rows = stats.command_rows();
+        let f = row(&rows, "command", "find");
+        assert_eq!((f.count, f.errors), (3, 1));
+        assert_eq!(f.max_us, 400);
+        let a = row(&rows, "command", "aggregate");
+        assert_eq!((a.count, a.errors, a.max_us), (1, 0, 300));
+        let shapes = stats.shape_rows();
+        assert_eq!(shapes.len(), 1);
+        assert_eq!(row(&shapes, "shape", "$match>$limit").count, 1);
+    }
+
+    /// A full buffer publishes by itself; past max_series, samples fold
+    /// into `other` and are counted.
+    #[test]
+    fn a_full_buffer_publishes_and_extra_series_fold() {
+        let stats = Stats::new(1);
+        let (a, b) = (summary("find", ""), summary("insert", ""));
+        let app = meta("");
+        let mut buf = SampleBuffer::default();
+        let now = Instant::now();
+        for i in 0..FLUSH_SAMPLES as u64 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            buf.push(s, &app, i + 1, false, now, &stats);
+        }
+        assert!(buf.is_empty(), "a full buffer is published");
+        let rows = stats.command_rows();
+        let half = FLUSH_SAMPLES as u64 / 2;
+        assert_eq!(row(&rows, "command", "find").count, half);
+        assert_eq!(row(&rows, "app", "unknown").count, half);
+        assert_eq!(row(&rows, "command", OTHER).count, half);
+        assert_eq!(stats.folded.load(Relaxed), half);
     }
 }

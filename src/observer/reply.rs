@@ -5,7 +5,6 @@ use super::{ConnState, Observe};
 use crate::cursors::CursorInfo;
 use crate::events;
 use crate::inspect::{with_message, Message};
-use crate::stats::Sample;
 use crate::tracker::Pending;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::{DecodeError, ReplyView};
@@ -75,16 +74,7 @@ impl<'a> ReplyObserver<'a> {
         let micros = elapsed.as_micros() as u64;
         {
             let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
-            samples.push(
-                Sample {
-                    summary: p.summary.clone(),
-                    meta: p.meta.clone(),
-                    micros,
-                    error,
-                },
-                now,
-                &shared.stats,
-            );
+            samples.push(&p.summary, &p.meta, micros, error, now, &shared.stats);
         }
         if error {
             shared.counters.failed.fetch_add(1, Relaxed);
