@@ -3,13 +3,13 @@
 
 use mongotap_proto::rewrite::FieldChange;
 use mongotap_proto::CommandView;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// From the first hello/isMaster: `client.application.name`,
 /// `client.driver.{name,version}` and `client.os.type`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientMeta {
     pub app: Arc<str>,
     pub driver: Arc<str>,
@@ -61,7 +61,7 @@ impl ClientMeta {
 
 /// The parts of a command that tracking and stats keep: names only, never
 /// values from filters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CommandSummary {
     pub command: Arc<str>,
     pub db: Arc<str>,
@@ -153,6 +153,7 @@ impl SummaryCache {
         v: &CommandView<'_>,
         db_fallback: &str,
         changes: &[FieldChange],
+        shared: &Interner<CommandSummary>,
     ) -> Arc<CommandSummary> {
         let key = SummaryKey::new(v, db_fallback, changes);
         if let Some(last) = self.last.as_ref().filter(|s| s.describes(v, &key)) {
@@ -172,7 +173,7 @@ impl SummaryCache {
             // Guard against a hash collision mislabelling a command.
             Some(s) if s.describes(v, &key) => s.clone(),
             _ => {
-                let summary = Arc::new(CommandSummary::new(v, &key));
+                let summary = shared.intern(CommandSummary::new(v, &key));
                 if self.entries.len() >= SUMMARY_CACHE_MAX {
                     self.entries.clear();
                 }
@@ -182,5 +183,64 @@ impl SummaryCache {
         };
         self.last = Some(summary.clone());
         summary
+    }
+}
+
+/// Shares equal values across connections: a thousand connections running
+/// the same command all point at one summary, instead of each reading its
+/// own copy on every request. With many busy connections, the memory a
+/// request touches is what the proxy pays for in cache misses. Only values
+/// first seen by some connection go through here (a connection's own
+/// cache answers the rest). Past `max` entries new values are handed back
+/// unshared, so a client inventing names cannot grow it without bound.
+pub struct Interner<T> {
+    values: Mutex<HashSet<Arc<T>, ahash::RandomState>>,
+    max: usize,
+}
+
+impl<T: Eq + Hash> Interner<T> {
+    pub fn new(max: usize) -> Self {
+        Interner {
+            values: Mutex::new(HashSet::default()),
+            max,
+        }
+    }
+
+    pub fn intern(&self, value: T) -> Arc<T> {
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = values.get(&value) {
+            return shared.clone();
+        }
+        let value = Arc::new(value);
+        if values.len() < self.max {
+            values.insert(value.clone());
+        }
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(app: &str) -> ClientMeta {
+        ClientMeta {
+            app: app.into(),
+            ..ClientMeta::default()
+        }
+    }
+
+    #[test]
+    fn equal_values_share_one_allocation_up_to_the_bound() {
+        let interner = Interner::new(2);
+        let (a1, a2) = (interner.intern(meta("a")), interner.intern(meta("a")));
+        assert!(Arc::ptr_eq(&a1, &a2));
+        let b = interner.intern(meta("b"));
+        assert!(!Arc::ptr_eq(&a1, &b));
+        // Full: a third value is still returned, just not shared.
+        let (c1, c2) = (interner.intern(meta("c")), interner.intern(meta("c")));
+        assert_eq!(c1, c2);
+        assert!(!Arc::ptr_eq(&c1, &c2));
+        assert!(Arc::ptr_eq(&b, &interner.intern(meta("b"))));
     }
 }

@@ -5,6 +5,7 @@ use crate::capture::Capture;
 use crate::config::Config;
 use crate::cursors::Cursors;
 use crate::explain::Explainer;
+use crate::meta::{ClientMeta, CommandSummary, Interner};
 use crate::rewrite::Policy;
 use crate::stats::Stats;
 use crate::tls::Tls;
@@ -59,12 +60,20 @@ impl RewriteCounts {
     }
 }
 
+/// The most distinct command summaries (and client handshakes) shared
+/// between connections; beyond it each connection keeps its own.
+const INTERNED_MAX: usize = 4096;
+
 pub struct Shared {
     pub config: Config,
     pub counters: Counters,
     pub tracker: Tracker,
     pub cursors: Cursors,
     pub stats: Stats,
+    /// Command summaries and client handshakes, shared by every connection
+    /// that has the same one.
+    pub summaries: Interner<CommandSummary>,
+    pub clients: Interner<ClientMeta>,
     /// TLS acceptor and connector; replaced whole on SIGHUP.
     pub tls: ArcSwap<Tls>,
     /// The compiled rewrite rules; replaced whole on SIGHUP.
@@ -89,6 +98,8 @@ impl Shared {
         Shared {
             tls: ArcSwap::from_pointee(tls),
             stats: Stats::new(config.watch.max_series),
+            summaries: Interner::new(INTERNED_MAX),
+            clients: Interner::new(INTERNED_MAX),
             policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
             rewrite_counts: DashMap::default(),
             warned_apps: DashMap::new(),

@@ -50,7 +50,7 @@ impl<'a> RequestObserver<'a> {
         if !self.handshake_seen && view.is_hello() {
             self.handshake_seen = true;
             if let Some(meta) = ClientMeta::from_hello(view) {
-                self.meta = Arc::new(meta);
+                self.meta = shared.clients.intern(meta);
             }
         }
         if !expects_reply {
@@ -67,7 +67,9 @@ impl<'a> RequestObserver<'a> {
                     .cursor_id
                     .is_some_and(|id| shared.cursors.is_awaiting(id)));
         // The tracker shows the limits in force, not the client's.
-        let summary = self.summaries.get(view, db_fallback, changes);
+        let summary = self
+            .summaries
+            .get(view, db_fallback, changes, &shared.summaries);
         // The summary already holds the stage names: no second pass over
         // the pipeline.
         let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
