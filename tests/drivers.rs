@@ -91,9 +91,7 @@ impl Driver {
             )),
             Driver::Python => {
                 let mut cmd = tokio::process::Command::new(support::python_path());
-                cmd.arg(
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python/matrix.py"),
-                );
+                cmd.arg(support::repo_file("tests/clients/python/matrix.py"));
                 cmd
             }
             Driver::Node => {

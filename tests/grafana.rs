@@ -17,11 +17,8 @@ async fn dashboard_queries_existing_metrics() {
     drop(client);
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let (_, metrics) = tap.admin_get("/metrics");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/contrib/grafana/mongotap.json"
-    ))
-    .expect("dashboard");
+    let text = std::fs::read_to_string(support::repo_file("contrib/grafana/mongotap.json"))
+        .expect("dashboard");
     let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
     let mut names = Vec::new();
     for panel in dash["panels"].as_array().expect("panels") {

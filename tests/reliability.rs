@@ -18,7 +18,6 @@ use mongodb::options::ClientOptions;
 use scripted::{RawClient, Scripted};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +37,7 @@ struct Case {
 }
 
 fn corpus() -> Vec<Case> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let dir = support::repo_file("tests/corpus");
     let manifest = std::fs::read_to_string(dir.join("MANIFEST")).expect("tests/corpus/MANIFEST");
     let cases: Vec<Case> = manifest
         .lines()

@@ -1100,8 +1100,8 @@ fn check_config_rejects_unreadable_certificates() {
 /// documented keys exist and load.
 #[test]
 fn shipped_config_documents_real_tls_keys() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
-        .expect("read config.toml");
+    let text =
+        std::fs::read_to_string(support::repo_file("config.toml")).expect("read config.toml");
     let dir = tempdir();
     let proxy_ca = Ca::new(dir.path(), "proxy");
     let apps_ca = Ca::new(dir.path(), "apps");

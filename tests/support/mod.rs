@@ -64,6 +64,18 @@ pub fn ferretdb_path() -> PathBuf {
     tool_path("MONGOTAP_FERRETDB", "bin/ferretdb", "FerretDB")
 }
 
+/// A file of this checkout. Read at run time: the build directory is shared
+/// by clones at different paths (scripts/lib.sh), and cargo can reuse a
+/// test binary compiled in another clone, whose compile-time
+/// `CARGO_MANIFEST_DIR` would point into that clone.
+#[allow(dead_code)] // not every test binary reads repository files
+pub fn repo_file(relative: &str) -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join(relative)
+}
+
 pub fn python_path() -> PathBuf {
     tool_path("MONGOTAP_PYTHON", "venv/bin/python", "the pymongo venv")
 }
@@ -498,9 +510,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// Runs `tests/clients/python/<script>` with the venv's python and returns
 /// its stdout parsed as JSON. Panics with stderr if it fails or hangs.
 pub async fn python(script: &str, args: &[&str]) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/clients/python")
-        .join(script);
+    let path = repo_file("tests/clients/python").join(script);
     let run = tokio::process::Command::new(python_path())
         .arg(&path)
         .args(args)
