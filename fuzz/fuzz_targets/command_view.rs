@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if let Ok(r) = ReplyView::parse(doc) {
-            let _ = (r.is_error(), r.error_code(), format!("{r:?}"));
+            let _ = (r.is_error(), r.error_code(), r.batch_len(), format!("{r:?}"));
         }
     }
 });

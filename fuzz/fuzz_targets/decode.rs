@@ -71,7 +71,7 @@ fn message(op: OpCode, m: &[u8], may_decompress: bool) {
 
 fn command(doc: &RawDocument) {
     if let Ok(r) = ReplyView::parse(doc) {
-        let _ = (r.is_error(), r.error_code());
+        let _ = (r.is_error(), r.error_code(), r.batch_len());
     }
     if let Ok(v) = CommandView::parse(doc) {
         let _ = (

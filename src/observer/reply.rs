@@ -104,7 +104,7 @@ impl<'a> ReplyObserver<'a> {
                             meta: p.meta.clone(),
                             awaiting: p.opens_awaiting_cursor,
                             batches: 1,
-                            documents: reply.batch_len as u64,
+                            documents: reply.batch_len() as u64,
                             get_mores: 0,
                             opened: now,
                             last_activity: now,
@@ -115,7 +115,7 @@ impl<'a> ReplyObserver<'a> {
             "getMore" => {
                 if let Some(id) = p.cursor_id {
                     let exhausted = reply.cursor_id == Some(0) || reply.is_failure();
-                    cursors.batch(id, reply.batch_len, exhausted, now);
+                    cursors.batch(id, reply.batch_len(), exhausted, now);
                 }
             }
             "killCursors" => {

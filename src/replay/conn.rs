@@ -147,7 +147,7 @@ impl Conn {
 
 fn summary(v: &ReplyView<'_>) -> Reply {
     Reply {
-        docs: v.batch_len as u64,
+        docs: v.batch_len() as u64,
         error: v.is_error(),
         code: v.error_code(),
         code_name: v.code_name.map(str::to_string),

@@ -216,11 +216,11 @@ impl Builder<'_> {
         let parsed = with_message(r.frame, MAX_MESSAGE_LEN, |_, _, m| match m {
             Message::Msg(msg) => ReplyView::parse(msg.body)
                 .ok()
-                .map(|v| (v.batch_len, v.is_error(), v.cursor_id, msg.more_to_come())),
+                .map(|v| (v.batch_len(), v.is_error(), v.cursor_id, msg.more_to_come())),
             Message::Reply(reply) => reply
                 .first()
                 .and_then(|d| ReplyView::parse(d).ok())
-                .map(|v| (v.batch_len, v.is_error(), v.cursor_id, false)),
+                .map(|v| (v.batch_len(), v.is_error(), v.cursor_id, false)),
             _ => None,
         });
         let Ok(Some((docs, error, cursor_id, more))) = parsed else {
