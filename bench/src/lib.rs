@@ -1,5 +1,6 @@
-//! Shared pieces of the two benchmark binaries: a tiny flag parser and the
-//! runtime-flavour switch.
+//! Shared pieces of the benchmark binaries: a tiny flag parser, the
+//! runtime-flavour switch, and the documents the load client and the
+//! upstream exchange (so `bench-decode` times exactly those).
 //!
 //! The flag parser is hand-rolled on purpose: the binaries take a handful of
 //! flags, and pulling clap into this package would change the workspace's
@@ -152,4 +153,47 @@ impl Flavor {
         };
         builder.enable_all().build()
     }
+}
+
+/// The body of each timed request: a typical point query without lsid (so
+/// the proxy sees no sessions), or the same as a two-stage pipeline.
+pub fn request_body(aggregate: bool) -> bson::RawDocumentBuf {
+    if aggregate {
+        bson::rawdoc! {
+            "aggregate": "coll",
+            "pipeline": [
+                { "$match": { "sku": "sku-000001", "status": "A" } },
+                { "$limit": 1 },
+            ],
+            "cursor": {},
+            "$db": "db",
+        }
+    } else {
+        bson::rawdoc! {
+            "find": "coll",
+            "filter": { "sku": "sku-000001", "status": "A" },
+            "limit": 1,
+            "singleBatch": true,
+            "$db": "db",
+        }
+    }
+}
+
+/// The upstream's answer to a find or aggregate: a closed cursor whose
+/// first batch holds `docs` small documents.
+pub fn cursor_reply(docs: usize) -> anyhow::Result<bson::RawDocumentBuf> {
+    let mut batch = bson::RawArrayBuf::new();
+    for i in 0..docs {
+        let i = i64::try_from(i)?;
+        batch.push(bson::rawdoc! {
+            "_id": i,
+            "sku": format!("sku-{i:06}"),
+            "qty": i * 10,
+            "status": "A",
+        });
+    }
+    Ok(bson::rawdoc! {
+        "cursor": { "id": 0i64, "ns": "db.coll", "firstBatch": batch },
+        "ok": 1.0,
+    })
 }

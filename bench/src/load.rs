@@ -447,27 +447,7 @@ async fn handshake(sock: Sock) -> anyhow::Result<Conn> {
 async fn drive(mut conn: Conn, start: Instant, plan: Plan) -> anyhow::Result<Measured> {
     let measure_from = start + plan.measure_from;
     let end = measure_from + plan.measure_for;
-    // A typical point query, without lsid so the proxy sees no sessions;
-    // or the same as a two-stage pipeline.
-    let command = if plan.aggregate {
-        rawdoc! {
-            "aggregate": "coll",
-            "pipeline": [
-                { "$match": { "sku": "sku-000001", "status": "A" } },
-                { "$limit": 1 },
-            ],
-            "cursor": {},
-            "$db": "db",
-        }
-    } else {
-        rawdoc! {
-            "find": "coll",
-            "filter": { "sku": "sku-000001", "status": "A" },
-            "limit": 1,
-            "singleBatch": true,
-            "$db": "db",
-        }
-    };
+    let command = mongotap_bench::request_body(plan.aggregate);
     let mut request = encode(&command);
     let mut hist = new_histogram()?;
     let mut ops = 0u64;

@@ -6,7 +6,7 @@
 //! per request only the header's requestID and responseTo are patched in.
 
 use anyhow::{bail, Context};
-use bson::{rawdoc, RawArrayBuf, RawDocumentBuf};
+use bson::{rawdoc, RawDocumentBuf};
 use bytes::BytesMut;
 use mongotap_bench::{Flag, Flags, Flavor};
 use mongotap_proto::{decode, op_msg, op_query, op_reply, Frame, OpCode, MAX_MESSAGE_LEN};
@@ -141,20 +141,7 @@ struct Replies {
 impl Replies {
     fn new(docs: usize) -> anyhow::Result<Replies> {
         let hello = hello_doc();
-        let mut batch = RawArrayBuf::new();
-        for i in 0..docs {
-            let i = i64::try_from(i)?;
-            batch.push(rawdoc! {
-                "_id": i,
-                "sku": format!("sku-{i:06}"),
-                "qty": i * 10,
-                "status": "A",
-            });
-        }
-        let cursor = rawdoc! {
-            "cursor": { "id": 0i64, "ns": "db.coll", "firstBatch": batch },
-            "ok": 1.0,
-        };
+        let cursor = mongotap_bench::cursor_reply(docs)?;
         let ok = rawdoc! { "ok": 1.0 };
         let legacy = op_reply::OpReply {
             response_flags: 0,
