@@ -177,6 +177,28 @@ export_test_env() {
     export MONGOTAP_PYTHON=$VENV_DIR/bin/python
 }
 
+# start_ferretdb DIR: starts a throwaway FerretDB (SQLite files, state and
+# ferretdb.log in DIR) on a free port and waits until it accepts. Sets
+# ferret_pid and ferret_port; the caller stops it. A free port can be taken
+# between choosing and binding it, so it tries three ports.
+start_ferretdb() {
+    local dir=$1
+    ferret_pid=
+    for _ in 1 2 3; do
+        ferret_port=$(free_port)
+        "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$dir/" --state-dir="$dir" \
+            --listen-addr="127.0.0.1:$ferret_port" --debug-addr=127.0.0.1:0 \
+            --telemetry=disable --log-level=warn >"$dir/ferretdb.log" 2>&1 &
+        ferret_pid=$!
+        wait_for_port "$ferret_port" 15 && return 0
+        kill "$ferret_pid" 2>/dev/null || true
+        wait "$ferret_pid" 2>/dev/null || true
+        ferret_pid=
+    done
+    cat "$dir/ferretdb.log" >&2
+    die "FerretDB did not start"
+}
+
 # Prints a free TCP port on 127.0.0.1. The port is released before use, so a
 # caller should be ready to retry if something else grabs it first.
 free_port() {
