@@ -33,13 +33,7 @@ const FLAGS: &[Flag] = &[
 ];
 
 fn main() -> std::process::ExitCode {
-    match run_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-decode: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    mongotap_bench::exit_with("bench-decode", run_main())
 }
 
 fn run_main() -> anyhow::Result<()> {

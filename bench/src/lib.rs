@@ -99,6 +99,19 @@ impl Flags {
     }
 }
 
+/// Runs a binary's `run_main`, printing an error as one `name: cause: cause`
+/// line without anyhow's backtrace (RUST_BACKTRACE may be set in the
+/// environment), so the harness shows what went wrong in one line.
+pub fn exit_with(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn print_usage(usage: &str, spec: &[Flag]) {
     println!("{usage}\n\nOptions:");
     for f in spec {

@@ -84,17 +84,8 @@ const HIST_MAX_NS: u64 = 60_000_000_000;
 /// reply would otherwise hang).
 const GRACE: Duration = Duration::from_secs(10);
 
-/// Prints errors as one `cause: cause` line, without anyhow's backtrace
-/// (RUST_BACKTRACE may be set in the environment), so the harness shows
-/// what went wrong in one line.
 fn main() -> std::process::ExitCode {
-    match run_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-load: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    mongotap_bench::exit_with("bench-load", run_main())
 }
 
 fn run_main() -> anyhow::Result<()> {

@@ -42,17 +42,8 @@ const FLAGS: &[Flag] = &[
 /// big enough that a burst of pipelined requests is read in one syscall.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Prints errors as one `cause: cause` line, without anyhow's backtrace
-/// (RUST_BACKTRACE may be set in the environment), so the harness shows
-/// what went wrong in one line.
 fn main() -> std::process::ExitCode {
-    match run_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-upstream: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    mongotap_bench::exit_with("bench-upstream", run_main())
 }
 
 fn run_main() -> anyhow::Result<()> {
