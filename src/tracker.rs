@@ -6,6 +6,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -77,6 +78,10 @@ pub struct InflightRow {
 #[derive(Default)]
 pub struct ConnInflight {
     entries: Mutex<HashMap<i32, Pending, ahash::RandomState>>,
+    /// The table's length, written under its lock after every change: the
+    /// session reads it for every frame (the in-flight cap, drain, idle)
+    /// without taking the lock, and it cannot drift from the table.
+    len: AtomicUsize,
 }
 
 impl ConnInflight {
@@ -84,17 +89,33 @@ impl ConnInflight {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Adds a pending command. A requestID the client reuses while its
+    /// first command is pending replaces that entry: one reply can answer
+    /// only one of them.
     pub fn insert(&self, p: Pending) {
-        self.lock().insert(p.request_id, p);
+        let mut entries = self.lock();
+        entries.insert(p.request_id, p);
+        self.len.store(entries.len(), Relaxed);
     }
 
     pub fn remove(&self, request_id: i32) -> Option<Pending> {
-        self.lock().remove(&request_id)
+        let mut entries = self.lock();
+        let removed = entries.remove(&request_id);
+        self.len.store(entries.len(), Relaxed);
+        removed
+    }
+
+    /// Commands pending on this connection, awaiting ones included.
+    pub fn len(&self) -> usize {
+        self.len.load(Relaxed)
     }
 
     /// Takes every entry (the connection closed), oldest first.
     pub fn drain(&self) -> Vec<Pending> {
-        let mut out: Vec<Pending> = self.lock().drain().map(|(_, p)| p).collect();
+        let mut entries = self.lock();
+        let mut out: Vec<Pending> = entries.drain().map(|(_, p)| p).collect();
+        self.len.store(0, Relaxed);
+        drop(entries);
         out.sort_by_key(|p| p.started);
         out
     }
@@ -236,5 +257,28 @@ mod tests {
         }
         let order: Vec<i32> = table.drain().iter().map(|p| p.request_id).collect();
         assert_eq!(order, [2, 3, 1]);
+        assert_eq!(table.len(), 0);
+    }
+
+    /// The count the session reads follows the table, also when a client
+    /// reuses a requestID that is still pending.
+    #[test]
+    fn the_count_follows_the_table() {
+        let table = ConnInflight::default();
+        let t0 = Instant::now();
+        table.insert(pending(7, 1, t0));
+        table.insert(pending(7, 1, t0));
+        table.insert(pending(7, 2, t0));
+        assert_eq!(table.len(), 2);
+        assert!(table.remove(1).is_some());
+        assert!(table.remove(1).is_none());
+        assert_eq!(table.len(), 1);
+        // A moreToCome reply moves the entry to a new requestID.
+        let mut moved = table.remove(2).expect("pending");
+        moved.request_id = 3;
+        table.insert(moved);
+        assert_eq!(table.len(), 1);
+        assert!(table.remove(3).is_some());
+        assert_eq!(table.len(), 0);
     }
 }

@@ -19,7 +19,7 @@ use crate::stats::SampleBuffer;
 use crate::tracker::ConnInflight;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::{CommandView, DecodeError};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 pub struct ConnState {
     pub shared: Arc<Shared>,
     pub id: ConnId,
-    /// Requests that expect a reply and have not had their last one yet.
-    pending: AtomicUsize,
-    /// Those requests themselves, registered in the shared `Tracker`.
+    /// Requests that expect a reply and have not had their last one yet,
+    /// registered in the shared `Tracker`.
     inflight: Arc<ConnInflight>,
     samples: Mutex<SampleBuffer>,
     /// The client address, rendered once for capture records.
@@ -53,7 +52,6 @@ impl ConnState {
             client_label: Arc::from(id.client.to_string()),
             shared,
             id,
-            pending: AtomicUsize::new(0),
             samples: Mutex::new(SampleBuffer::default()),
             slots: tokio::sync::Notify::new(),
             last_frame_ms: AtomicU64::new(0),
@@ -62,7 +60,7 @@ impl ConnState {
     }
 
     pub fn pending(&self) -> usize {
-        self.pending.load(Relaxed)
+        self.inflight.len()
     }
 
     /// Waits until fewer than `max` commands are pending.

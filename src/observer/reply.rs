@@ -54,10 +54,6 @@ impl<'a> ReplyObserver<'a> {
             self.conn.inflight.insert(p);
             return;
         }
-        let _ = self
-            .conn
-            .pending
-            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
         self.conn.slots.notify_one();
         let elapsed = now.saturating_duration_since(p.started);
         self.track_cursor(&p, reply, now);

@@ -105,7 +105,6 @@ impl<'a> RequestObserver<'a> {
             explained: false,
             capture,
         });
-        self.conn.pending.fetch_add(1, Relaxed);
         if shared.config.watch.command_log {
             events::started(self.conn, request_id, view, &self.meta);
         }
