@@ -2,8 +2,7 @@
 //! the HDR histograms at scrape time, plus the counters and gauges.
 
 use crate::shared::{RewriteCounts, Shared};
-use crate::stats::{SeriesKey, SeriesMap};
-use hdrhistogram::Histogram;
+use crate::stats::{Outcome, SeriesKey, SeriesMap, BUCKETS_US};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -13,12 +12,6 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-/// Upper bounds in seconds: database latency from 100 µs to 60 s.
-const BUCKETS_S: [f64; 18] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
-
 struct ProxyCollector(Arc<Shared>);
 
 impl std::fmt::Debug for ProxyCollector {
@@ -27,16 +20,15 @@ impl std::fmt::Debug for ProxyCollector {
     }
 }
 
-/// Per-bucket (not cumulative) counts of `h`, with the +Inf bucket last.
-fn bucket_counts(h: &Histogram<u64>) -> Vec<(f64, u64)> {
-    let mut out: Vec<(f64, u64)> = BUCKETS_S.iter().map(|&b| (b, 0)).collect();
-    out.push((f64::INFINITY, 0));
-    for v in h.iter_recorded() {
-        let secs = h.highest_equivalent(v.value_iterated_to()) as f64 / 1e6;
-        let i = BUCKETS_S.partition_point(|&b| b < secs);
-        out[i].1 += v.count_at_value();
-    }
-    out
+/// Per-bucket (not cumulative) counts with their upper bounds in seconds,
+/// +Inf last: what `encode_histogram` takes.
+fn bucket_counts(o: &Outcome) -> Vec<(f64, u64)> {
+    BUCKETS_US
+        .iter()
+        .map(|&us| us as f64 / 1e6)
+        .chain([f64::INFINITY])
+        .zip(o.buckets)
+        .collect()
 }
 
 fn counter(
@@ -70,8 +62,8 @@ fn histogram_family(
         MetricType::Histogram,
     )?;
     for (k, s) in series {
-        for (outcome, h, sum_us) in [("ok", &s.ok, s.sum_ok_us), ("error", &s.err, s.sum_err_us)] {
-            if h.is_empty() {
+        for (outcome, o) in [("ok", &s.ok), ("error", &s.err)] {
+            if o.count == 0 {
                 continue;
             }
             let labels = [
@@ -84,9 +76,9 @@ fn histogram_family(
             family
                 .encode_family(&labels)?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum_us as f64 / 1e6,
-                    h.len(),
-                    &bucket_counts(h),
+                    o.sum_us as f64 / 1e6,
+                    o.count,
+                    &bucket_counts(o),
                     None,
                 )?;
         }

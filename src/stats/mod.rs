@@ -10,9 +10,21 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// 1 µs to 1 h with 3 significant digits.
+/// Latencies are clamped to 1 µs .. 1 h before they are recorded.
 const HIST_MAX_US: u64 = 3_600_000_000;
-const HIST_SIGFIG: u8 = 3;
+/// Two significant digits: a quantile is at most 1/128 (0.8 %) above the
+/// sample it stands for. Three digits cost 8× the memory per series
+/// (188 KB against 27 KB for a series that has seen a 1 h command), and
+/// max_series is per map: 1,000 series at three digits could reach
+/// ~190 MB. `max_us` is kept exactly, and the Prometheus buckets are
+/// counted exactly, so neither depends on this precision.
+const HIST_SIGFIG: u8 = 2;
+/// Upper bounds of the Prometheus buckets in µs (100 µs to 60 s); a
+/// sample counts in the first bucket whose bound is at or above it.
+pub const BUCKETS_US: [u64; 18] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
 /// A session publishes its samples when it has this many, or when the
 /// oldest is this old (and again when it closes).
 const FLUSH_SAMPLES: usize = 64;
@@ -49,30 +61,49 @@ struct Run {
     len: usize,
 }
 
+/// Samples of one outcome (ok or error), counted exactly per Prometheus
+/// bucket (the last slot is +Inf).
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub buckets: [u64; BUCKETS_US.len() + 1],
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl Outcome {
+    fn record(&mut self, micros: u64) {
+        let i = BUCKETS_US.partition_point(|&bound| bound < micros);
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(micros);
+    }
+}
+
 pub struct Series {
-    pub ok: Histogram<u64>,
-    pub err: Histogram<u64>,
-    pub sum_ok_us: u64,
-    pub sum_err_us: u64,
+    /// Every sample, ok or error, for the quantiles in /stats. It starts
+    /// small and grows to fit the largest value recorded (`record`
+    /// resizes an auto-sizing histogram; `saturating_record` would clamp
+    /// to its current range instead, which is how every latency above
+    /// ~2 ms once became 2 µs).
+    pub all: Histogram<u64>,
+    pub ok: Outcome,
+    pub err: Outcome,
+    /// The largest sample, exactly (the histogram rounds up).
+    pub max_us: u64,
 }
 
 impl Series {
     fn new() -> Series {
         // Sized for the largest value recorded so far, not for 1 h up
-        // front: a fixed 1 µs..1 h histogram at 3 digits is 188 KB, so each
-        // series cost ~380 KB and max_series (1,000) series ~400 MB. Most
-        // series never see a slow command, and most never see an error.
-        let h = || {
-            let mut h = Histogram::new_with_bounds(1, 2, HIST_SIGFIG)
-                .expect("constant histogram bounds are valid");
-            h.auto(true);
-            h
-        };
+        // front: most series never see a slow command.
+        let mut all = Histogram::new_with_bounds(1, 2, HIST_SIGFIG)
+            .expect("constant histogram bounds are valid");
+        all.auto(true);
         Series {
-            ok: h(),
-            err: h(),
-            sum_ok_us: 0,
-            sum_err_us: 0,
+            all,
+            ok: Outcome::default(),
+            err: Outcome::default(),
+            max_us: 0,
         }
     }
 
@@ -85,13 +116,22 @@ impl Series {
 
     fn record(&mut self, micros: u64, error: bool) {
         let v = micros.clamp(1, HIST_MAX_US);
-        if error {
-            self.err.saturating_record(v);
-            self.sum_err_us = self.sum_err_us.saturating_add(micros);
-        } else {
-            self.ok.saturating_record(v);
-            self.sum_ok_us = self.sum_ok_us.saturating_add(micros);
+        if self.all.record(v).is_err() {
+            // Only if growing the histogram failed (v is within bounds).
+            self.all.saturating_record(v);
         }
+        self.max_us = self.max_us.max(v);
+        if error {
+            self.err.record(v);
+        } else {
+            self.ok.record(v);
+        }
+    }
+
+    /// The value at quantile `q`: an HDR bucket's upper edge, never above
+    /// the exact maximum.
+    pub fn quantile(&self, q: f64) -> u64 {
+        self.all.value_at_quantile(q).min(self.max_us)
     }
 }
 
@@ -253,21 +293,18 @@ fn sorted(rows: impl Iterator<Item = StatsRow>) -> Vec<StatsRow> {
 }
 
 fn row(labels: [(&str, &Arc<str>); 4], s: &Series) -> StatsRow {
-    let mut all = s.ok.clone();
-    // Same bounds on both, so adding cannot fail.
-    let _ = all.add(&s.err);
     StatsRow {
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_ref())))
             .collect(),
-        count: all.len(),
-        errors: s.err.len(),
-        p50_us: all.value_at_quantile(0.5),
-        p90_us: all.value_at_quantile(0.9),
-        p99_us: all.value_at_quantile(0.99),
-        p999_us: all.value_at_quantile(0.999),
-        max_us: all.max(),
+        count: s.all.len(),
+        errors: s.err.count,
+        p50_us: s.quantile(0.5),
+        p90_us: s.quantile(0.9),
+        p99_us: s.quantile(0.99),
+        p999_us: s.quantile(0.999),
+        max_us: s.max_us,
     }
 }
 
@@ -338,80 +375,4 @@ impl SampleBuffer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn summary(command: &str, shape: &str) -> Arc<CommandSummary> {
-        Arc::new(CommandSummary {
-            command: command.into(),
-            db: "db".into(),
-            collection: "coll".into(),
-            stages: Vec::new(),
-            shape: shape.into(),
-            max_time_ms: None,
-            allow_disk_use: None,
-        })
-    }
-
-    fn meta(app: &str) -> Arc<ClientMeta> {
-        Arc::new(ClientMeta {
-            app: app.into(),
-            ..ClientMeta::default()
-        })
-    }
-
-    fn row<'a>(rows: &'a [StatsRow], label: &str, value: &str) -> &'a StatsRow {
-        rows.iter()
-            .find(|r| r.labels.get(label).and_then(|v| v.as_str()) == Some(value))
-            .unwrap_or_else(|| panic!("no row with {label}={value}"))
-    }
-
-    /// Runs are split where the command or the client changes, and every
-    /// value lands in its own series with its outcome.
-    #[test]
-    fn buffered_runs_land_in_their_own_series() {
-        let stats = Stats::new(100);
-        let (find, agg) = (summary("find", ""), summary("aggregate", "$match>$limit"));
-        let app = meta("app");
-        let mut buf = SampleBuffer::default();
-        let now = Instant::now();
-        buf.push(&find, &app, 100, false, now, &stats);
-        buf.push(&find, &app, 200, true, now, &stats);
-        buf.push(&agg, &app, 300, false, now, &stats);
-        buf.push(&find, &app, 400, false, now, &stats);
-        assert!(stats.command_rows().is_empty(), "published before a flush");
-        buf.flush(&stats);
-        assert!(buf.is_empty());
-        let rows = stats.command_rows();
-        let f = row(&rows, "command", "find");
-        assert_eq!((f.count, f.errors), (3, 1));
-        assert_eq!(f.max_us, 400);
-        let a = row(&rows, "command", "aggregate");
-        assert_eq!((a.count, a.errors, a.max_us), (1, 0, 300));
-        let shapes = stats.shape_rows();
-        assert_eq!(shapes.len(), 1);
-        assert_eq!(row(&shapes, "shape", "$match>$limit").count, 1);
-    }
-
-    /// A full buffer publishes by itself; past max_series, samples fold
-    /// into `other` and are counted.
-    #[test]
-    fn a_full_buffer_publishes_and_extra_series_fold() {
-        let stats = Stats::new(1);
-        let (a, b) = (summary("find", ""), summary("insert", ""));
-        let app = meta("");
-        let mut buf = SampleBuffer::default();
-        let now = Instant::now();
-        for i in 0..FLUSH_SAMPLES as u64 {
-            let s = if i % 2 == 0 { &a } else { &b };
-            buf.push(s, &app, i + 1, false, now, &stats);
-        }
-        assert!(buf.is_empty(), "a full buffer is published");
-        let rows = stats.command_rows();
-        let half = FLUSH_SAMPLES as u64 / 2;
-        assert_eq!(row(&rows, "command", "find").count, half);
-        assert_eq!(row(&rows, "app", "unknown").count, half);
-        assert_eq!(row(&rows, "command", OTHER).count, half);
-        assert_eq!(stats.folded.load(Relaxed), half);
-    }
-}
+mod tests;
