@@ -188,3 +188,45 @@ mod property {
         }
     }
 }
+
+/// Resident memory of `Stats` at max_series (1,000 command series and
+/// 1,000 shape series), each having seen `max_us`. Prints the figure for
+/// README; run with
+/// `SERIES_MAX_US=2500000 cargo test --bin mongotap series_memory -- --ignored --nocapture`
+/// (one figure per process: freed histograms would be reused).
+#[test]
+#[ignore = "a measurement, not a check: prints RSS"]
+fn series_memory_at_max_series() {
+    fn rss_kb() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4
+    }
+    let max_us: u64 = std::env::var("SERIES_MAX_US").map_or(3_600_000_000, |v| v.parse().unwrap());
+    {
+        let before = rss_kb();
+        let stats = Stats::new(1000);
+        let app = meta("app");
+        let now = Instant::now();
+        let mut buf = SampleBuffer::default();
+        for i in 0..1000 {
+            let s = Arc::new(CommandSummary {
+                collection: format!("coll{i}").into(),
+                ..(*summary("aggregate", &format!("$match>$group{i}"))).clone()
+            });
+            for (v, error) in [(1, false), (max_us, false), (1, true), (max_us, true)] {
+                buf.push(&s, &app, v, error, now, &stats);
+            }
+        }
+        buf.flush(&stats);
+        assert_eq!(stats.command_rows().len(), 1000);
+        assert_eq!(stats.shape_rows().len(), 1000);
+        let grown = rss_kb().saturating_sub(before);
+        println!(
+            "max_series 1000, every series up to {max_us} µs: +{} MB RSS for 2,000 series ({} KB each)",
+            grown / 1024,
+            grown / 2000
+        );
+        drop(stats);
+    }
+}
