@@ -354,3 +354,59 @@ async fn ages_agree_with_the_clients_clock() {
         assert_eq!(r["stalled"], true, "{r}");
     }
 }
+
+/// A real driver's cursors on real FerretDB, left open part-way: /cursors
+/// must count the batches, getMores and documents the driver itself
+/// received (pymongo's command monitoring), and its ages must fit the
+/// driver's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_counts_match_what_the_driver_received() {
+    let ferret = support::Ferret::start();
+    let tap = Mongotap::start(ferret.addr());
+    let admin = format!("http://{}", tap.admin.expect("admin"));
+    let db = support::unique_db("cursors");
+    let out = support::python("cursor_counts.py", &[&tap.uri(), &admin, &db]).await;
+    // 23 documents: find in batches of 5 iterated to 12 has received 15 in
+    // 3 batches; aggregate in batches of 4 iterated to 6 has received 8.
+    assert_eq!(
+        out["iterated"],
+        serde_json::json!({"find": 12, "aggregate": 6})
+    );
+    let driver = out["driver"].as_array().expect("driver");
+    let rows = out["cursors"].as_array().expect("cursors");
+    assert_eq!(driver.len(), 2, "{out}");
+    assert_eq!(rows.len(), 2, "{out}");
+    let by_command = |c: &str| -> u64 {
+        driver
+            .iter()
+            .find(|d| d["command"] == c)
+            .map_or(0, |d| d["documents"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(
+        (by_command("find"), by_command("aggregate")),
+        (15, 8),
+        "{out}"
+    );
+    for d in driver {
+        let r = rows
+            .iter()
+            .find(|r| r["cursor_id"] == d["cursor_id"])
+            .unwrap_or_else(|| panic!("driver cursor {d} not in /cursors: {out}"));
+        for field in ["command", "documents", "batches", "get_mores"] {
+            assert_eq!(r[field], d[field], "{field}: /cursors {r} vs driver {d}");
+        }
+        assert_eq!(r["db"], db.as_str());
+        assert_eq!(r["collection"], "items");
+        assert_eq!(r["app"], "cursors");
+        assert_eq!(r["awaiting"], false);
+        for field in ["age_ms", "idle_ms"] {
+            let v = r[field].as_i64().expect(field);
+            let (lo, hi) = (d[field][0].as_i64(), d[field][1].as_i64());
+            let (lo, hi) = (lo.expect("lo"), hi.expect("hi"));
+            assert!(
+                (lo..=hi).contains(&v),
+                "{field} {v} outside the driver's [{lo}, {hi}]: {r}"
+            );
+        }
+    }
+}
