@@ -353,6 +353,19 @@ async fn ages_agree_with_the_clients_clock() {
         );
         assert_eq!(r["stalled"], true, "{r}");
     }
+
+    // The stall counter counts every report (at stall_ms, 2×, 4×, ... up to
+    // 6): at least the `stalled` lines already read, and no more reports
+    // than the command's age on the client's clock allows.
+    let logged = tap.events("stalled").len();
+    let (_, body) = tap.admin_get("/metrics");
+    let age = sent.elapsed().as_millis() as u64;
+    let counted = prom::one(&prom::parse(&body), "mongotap_stalled_commands_total", &[]) as usize;
+    let possible = (0..6).filter(|k| stall_ms << k <= age).count();
+    assert!(
+        (logged.max(1)..=possible).contains(&counted),
+        "stalled_commands_total {counted}: {logged} logged, at most {possible} by age {age} ms"
+    );
 }
 
 /// A real driver's cursors on real FerretDB, left open part-way: /cursors
