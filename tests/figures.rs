@@ -258,6 +258,14 @@ async fn latency_figures_match_the_delay_and_the_clients_clock() {
         let r = row(&stats, "commands", &labels)
             .unwrap_or_else(|| panic!("no /stats row {labels:?}: {stats}"));
         check_row(&format!("/stats {command} {c}"), r, m);
+        eprintln!(
+            "{command} {c}: delay {} µs; p50 {} p99 {} max {} µs; client max {} µs",
+            m.delay_us,
+            r["p50_us"],
+            r["p99_us"],
+            r["max_us"],
+            m.max()
+        );
         check_histogram(&metrics, command, m);
         if command == "aggregate" {
             let labels = [
