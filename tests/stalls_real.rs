@@ -77,11 +77,16 @@ async fn sigstop_stalls_sigkill_never_replies_restart_recovers() {
     // Under a loaded machine the driver may take a while to send it; what
     // the contract bounds is the command's age when `stalled` fires.
     let stalled = wait_event(&tap, "stalled", "aggregate", T).await;
+    let seen = sent.elapsed().as_millis() as u64;
     let age_ms = stalled["age_ms"].as_u64().expect("age_ms");
     assert!(
         (stall_ms..=stall_ms + 1000).contains(&age_ms),
-        "stalled reported at age {age_ms} ms (sent {:?} ago)",
-        sent.elapsed()
+        "stalled reported at age {age_ms} ms (sent {seen} ms ago)"
+    );
+    // Nor older than the client's own clock says the command can be.
+    assert!(
+        age_ms <= seen,
+        "stalled age_ms {age_ms}, sent {seen} ms ago"
     );
     assert_eq!(stalled["app"], "stall-test");
     assert_eq!(stalled["db"], "stalls");
@@ -99,7 +104,15 @@ async fn sigstop_stalls_sigkill_never_replies_restart_recovers() {
     // Killing the stopped server ends the connection: never_replied.
     ferret.kill();
     let never = wait_event(&tap, "never_replied", "aggregate", T).await;
+    let seen = sent.elapsed().as_millis() as u64;
     assert_eq!(never["request_id"], stalled["request_id"]);
+    // It had stalled (age >= stall_ms) before the server died, and was sent
+    // `seen` ms before the client read the event.
+    let never_age = never["age_ms"].as_u64().expect("age_ms");
+    assert!(
+        (age_ms..=seen).contains(&never_age),
+        "never_replied age_ms {never_age} outside [stalled age {age_ms}, {seen}]"
+    );
     let result = tokio::time::timeout(T, agg)
         .await
         .expect("aggregate returns")
@@ -127,16 +140,28 @@ async fn sigcont_lets_stalled_command_complete_as_slow() {
     coll.insert_one(doc! {"x": 1}).await.expect("insert");
     signal(ferret.pid(), "STOP");
     let find_coll = coll.clone();
-    let find = tokio::spawn(async move { find_coll.find_one(doc! {}).await });
-    wait_event(&tap, "stalled", "find", T).await;
+    let find = tokio::spawn(async move {
+        let sent = Instant::now();
+        let found = find_coll.find_one(doc! {}).await;
+        (found, sent.elapsed())
+    });
+    let stalled = wait_event(&tap, "stalled", "find", T).await;
+    let stalled_age = stalled["age_ms"].as_u64().expect("age_ms");
     signal(ferret.pid(), "CONT");
-    let found = tokio::time::timeout(T, find)
+    let (found, round_trip) = tokio::time::timeout(T, find)
         .await
         .expect("find returns")
         .expect("join");
     assert!(found.expect("find ok").is_some());
     let slow = wait_event(&tap, "slow", "find", T).await;
     assert_eq!(slow["was_stalled"], true);
+    // The reply came after the stall report, and before the driver got it.
+    let duration = slow["duration_ms"].as_u64().expect("duration_ms");
+    let round_trip = round_trip.as_millis() as u64;
+    assert!(
+        (stalled_age..=round_trip).contains(&duration),
+        "slow duration_ms {duration} outside [stalled age {stalled_age}, driver {round_trip}]"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

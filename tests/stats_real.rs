@@ -42,12 +42,12 @@ async fn counts_per_namespace_and_app_and_metrics_add_up() {
     let a = Mongotap::start(ferret.addr());
     let b = Mongotap::start(ferret.addr());
     let (n, m) = (7u64, 3u64);
-    python(
+    let run_a = python(
         "stats_workload.py",
         &[&a.uri(), "app-a", "stats_a", &n.to_string(), &m.to_string()],
     )
     .await;
-    python(
+    let run_b = python(
         "stats_workload.py",
         &[&b.uri(), "app-b", "stats_b", "4", "2"],
     )
@@ -57,12 +57,11 @@ async fn counts_per_namespace_and_app_and_metrics_add_up() {
     let find = row(&stats, "commands", "find", "stats_a", "app-a").expect("find row");
     assert_eq!(find["count"], n, "{stats}");
     assert_eq!(find["collection"], "items");
+    within_client_clock(find, &run_a["find_us"]);
     let agg = row(&stats, "commands", "aggregate", "stats_a", "app-a").expect("aggregate row");
     assert_eq!(agg["count"], m);
     assert_eq!(agg["errors"], 0);
-    for q in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
-        assert!(agg[q].as_u64().unwrap_or(0) > 0, "{q} in {agg}");
-    }
+    within_client_clock(agg, &run_a["aggregate_us"]);
     let shapes = json(&a, "/stats/shapes");
     let shape = shapes["shapes"]
         .as_array()
@@ -72,6 +71,7 @@ async fn counts_per_namespace_and_app_and_metrics_add_up() {
         .expect("shape row");
     assert_eq!(shape["shape"], "$match>$group>$sort");
     assert_eq!(shape["count"], m);
+    within_client_clock(shape, &run_a["aggregate_us"]);
 
     wait_stats(&b, "aggregate", "stats_b", "app-b", 2).await;
     let urls: Vec<String> = [&a, &b]
@@ -83,6 +83,56 @@ async fn counts_per_namespace_and_app_and_metrics_add_up() {
     assert_eq!(totals["find"]["count"], (n + 4) as f64, "{totals}");
     assert_eq!(totals["aggregate"]["count"], (m + 2) as f64, "{totals}");
     assert_eq!(totals["aggregate"]["buckets"]["+Inf"], (m + 2) as f64);
+    // No sample is longer than the round trip pymongo timed around it.
+    for command in ["find", "aggregate"] {
+        let key = format!("{command}_us");
+        let rtts: Vec<u64> = [&run_a, &run_b]
+            .iter()
+            .flat_map(|run| run[&key].as_array().expect("timings").clone())
+            .map(|v| v.as_u64().expect("µs"))
+            .collect();
+        let t = &totals[command];
+        let sum_us = t["sum"].as_f64().expect("sum") * 1e6;
+        let client_sum: u64 = rtts.iter().sum();
+        assert!(
+            sum_us > 0.0 && sum_us <= client_sum as f64 + 1.0,
+            "{command}: _sum {sum_us} µs, client {client_sum} µs"
+        );
+        for (le, count) in t["buckets"].as_object().expect("buckets") {
+            let le_us = le.parse::<f64>().expect("le") * 1e6;
+            let under = rtts.iter().filter(|&&r| r as f64 <= le_us).count() as f64;
+            assert!(
+                count.as_f64().expect("count") >= under,
+                "{command}: le={le} holds {count}, but {under} round trips fit under it: {rtts:?}"
+            );
+        }
+    }
+}
+
+/// A row's quantiles and max against pymongo's own timings of the same
+/// commands (`rtts_us`): a sample cannot exceed the round trip around it,
+/// and a quantile is at most 1/128 above its sample (HDR, 2 significant
+/// digits). FerretDB answers in any time, so the lower bound is 1 µs.
+fn within_client_clock(row: &Value, rtts_us: &Value) {
+    let cmax = rtts_us
+        .as_array()
+        .expect("timings")
+        .iter()
+        .map(|v| v.as_u64().expect("µs"))
+        .max()
+        .expect("at least one timing");
+    let max_us = row["max_us"].as_u64().expect("max_us");
+    assert!(
+        (1..=cmax).contains(&max_us),
+        "max_us {max_us} outside [1, client max {cmax}]: {row}"
+    );
+    for q in ["p50_us", "p90_us", "p99_us", "p999_us"] {
+        let v = row[q].as_u64().expect(q);
+        assert!(
+            (1..=max_us).contains(&v) && v <= cmax + cmax / 128 + 1,
+            "{q} {v} outside [1, max_us {max_us}], or above client max {cmax} + 1/128: {row}"
+        );
+    }
 }
 
 /// A pymongo client idles for 30 s with a fast heartbeat: its monitor's
