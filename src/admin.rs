@@ -4,7 +4,7 @@
 
 use crate::shared::Shared;
 use anyhow::Context;
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -89,8 +89,32 @@ async fn shapes(State(shared): S) -> impl IntoResponse {
     Json(serde_json::json!({ "shapes": shared.stats.shape_rows() }))
 }
 
-async fn inflight(State(shared): S) -> impl IntoResponse {
-    Json(shared.tracker.snapshot(shared.config.watch.stall_ms))
+/// By default only commands that can be stuck; `?all=true` adds the ones
+/// that wait by design (awaitable hellos, awaitData getMores).
+async fn inflight(State(shared): S, RawQuery(query): RawQuery) -> Response {
+    let all = match parse_all(query.as_deref()) {
+        Ok(all) => all,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    Json(shared.tracker.snapshot(shared.config.watch.stall_ms, all)).into_response()
+}
+
+/// The `all` parameter of /inflight: `true` or `false`, absent meaning
+/// false. Other parameters are ignored.
+fn parse_all(query: Option<&str>) -> Result<bool, String> {
+    let mut all = false;
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "all" {
+            continue;
+        }
+        all = match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err("/inflight: `all` must be true or false\n".into()),
+        };
+    }
+    Ok(all)
 }
 
 async fn cursors(State(shared): S) -> impl IntoResponse {
@@ -155,4 +179,20 @@ async fn capture_stop(State(shared): S, headers: HeaderMap) -> Response {
         "dropped": shared.capture.dropped.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_all;
+
+    #[test]
+    fn all_is_true_or_false() {
+        assert_eq!(parse_all(None), Ok(false));
+        assert_eq!(parse_all(Some("")), Ok(false));
+        assert_eq!(parse_all(Some("all=true")), Ok(true));
+        assert_eq!(parse_all(Some("x=1&all=true")), Ok(true));
+        assert_eq!(parse_all(Some("all=false")), Ok(false));
+        assert!(parse_all(Some("all=1")).is_err());
+        assert!(parse_all(Some("all")).is_err());
+    }
 }
