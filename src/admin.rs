@@ -1,6 +1,7 @@
-//! The admin HTTP endpoint: /healthz, /metrics, /stats, /stats/shapes,
-//! /inflight, /cursors. Loopback by default; a token is required to bind
-//! anywhere else, and then on every route but /healthz.
+//! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
+//! /stats/shapes, /inflight, /cursors. Loopback by default; a token is
+//! required to bind anywhere else, and then on every route but /healthz and
+//! /readyz.
 
 use crate::shared::Shared;
 use anyhow::Context;
@@ -42,6 +43,11 @@ pub async fn start(
             require_token,
         ))
         .route("/healthz", get(|| async { "ok" }))
+        // No token: orchestrators' readiness probes and load balancers'
+        // health checks seldom can carry a secret, and the answer holds
+        // nothing from client traffic (the configured upstream address and
+        // the probe's own error).
+        .route("/readyz", get(readyz))
         .route("/capture/start", post(capture_start))
         .route("/capture/stop", post(capture_stop))
         .with_state(shared);
@@ -87,6 +93,20 @@ async fn stats(State(shared): S) -> impl IntoResponse {
 
 async fn shapes(State(shared): S) -> impl IntoResponse {
     Json(serde_json::json!({ "shapes": shared.stats.shape_rows() }))
+}
+
+/// 200 while the upstream answers the health probe's hello, 503 with the
+/// last error while it does not.
+async fn readyz(State(shared): S) -> impl IntoResponse {
+    let r = shared
+        .health
+        .readiness(&shared.config.proxy.upstream, std::time::Instant::now());
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(r.body))
 }
 
 /// By default only commands that can be stuck; `?all=true` adds the ones

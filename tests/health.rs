@@ -1,4 +1,7 @@
-//! What /inflight shows: commands that wait by design are left out.
+//! Upstream health and what /inflight shows: /readyz and
+//! `mongotap_upstream_up` against a real FerretDB that the test kills and
+//! restarts, the start-up warning for an upstream nobody listens on, and
+//! /inflight leaving out commands that wait by design.
 
 #[path = "support/scripted.rs"]
 mod scripted;
@@ -8,11 +11,165 @@ use bson::rawdoc;
 use mongotap_proto::op_msg;
 use scripted::{msg, next_id, RawClient, Scripted, Step};
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::Mongotap;
+use support::{Ferret, Mongotap};
+
+/// Probe every 200 ms with a 500 ms timeout: a change shows within about
+/// 0.7 s, which the bounds below allow many times over on a loaded machine.
+const FAST_PROBES: &str = "[health]\ninterval_ms = 200\ntimeout_ms = 500\n";
 
 /// Generous: two cores shared with other builds can delay anything.
 const T: Duration = Duration::from_secs(15);
+
+fn start(upstream: SocketAddr, config: &str) -> (Mongotap, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("mongotap.toml");
+    std::fs::write(&path, config).expect("write config");
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    (Mongotap::start_with(upstream, &["--config", &path]), dir)
+}
+
+fn readyz(tap: &Mongotap) -> (u16, Value) {
+    let (code, body) = tap.admin_get("/readyz");
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/readyz {body:?}: {e}"));
+    (code, v)
+}
+
+/// Polls /readyz until it answers `code`; returns the body and when.
+fn wait_readyz(tap: &Mongotap, code: u16) -> (Value, Instant) {
+    let deadline = Instant::now() + T;
+    loop {
+        let (got, body) = readyz(tap);
+        if got == code {
+            return (body, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {got} {body} after {T:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn upstream_up(tap: &Mongotap) -> i64 {
+    let (code, text) = tap.admin_get("/metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("mongotap_upstream_up "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no mongotap_upstream_up in /metrics:\n{text}"))
+}
+
+fn ms(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not a number of ms: {v}"))
+}
+
+/// Up, killed, restarted: /readyz and the gauge follow the real server,
+/// and each change is logged once however many probes see it.
+#[test]
+fn readyz_follows_a_real_server_going_down_and_coming_back() {
+    let mut ferret = Ferret::start();
+    let upstream = ferret.addr().to_string();
+    let (tap, _dir) = start(ferret.addr(), FAST_PROBES);
+
+    let (body, _) = wait_readyz(&tap, 200);
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(body["upstream"], upstream.as_str());
+    // The last success is at most an interval old, plus scheduling.
+    assert!(ms(&body["last_ok_ms_ago"]) < 5_000, "{body}");
+    assert_eq!(upstream_up(&tap), 1);
+    tap.wait_for_event("upstream_up", T);
+
+    ferret.kill();
+    let killed = Instant::now();
+    let (body, seen_down) = wait_readyz(&tap, 503);
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["upstream"], upstream.as_str());
+    let error = body["error"].as_str().expect("error text");
+    assert!(
+        error.contains(&upstream),
+        "the error names the upstream: {error}"
+    );
+    // Down since a probe after the kill: never longer than the kill is old.
+    assert!(
+        ms(&body["since_ms"]) <= killed.elapsed().as_millis() as u64,
+        "{body}"
+    );
+    assert!(
+        seen_down.duration_since(killed) < Duration::from_secs(10),
+        "noticed {:?} after the kill",
+        seen_down.duration_since(killed)
+    );
+    assert_eq!(upstream_up(&tap), 0);
+    let down = tap.wait_for_event("upstream_down", T);
+    assert_eq!(down["at_start"], false, "{down}");
+    assert!(down["error"]
+        .as_str()
+        .is_some_and(|e| e.contains(&upstream)));
+    // Several more failing probes: still one event, and still 503.
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(tap.events("upstream_down").len(), 1);
+    assert_eq!(readyz(&tap).0, 503);
+
+    let restarting = Instant::now();
+    ferret.restart();
+    let (body, seen_up) = wait_readyz(&tap, 200);
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(upstream_up(&tap), 1);
+    let ups = tap.events("upstream_up");
+    assert_eq!(ups.len(), 2, "{ups:?}");
+    assert_eq!(tap.events("upstream_down").len(), 1);
+    // The outage began before /readyz said 503 and ended after the restart
+    // began, and lay between the kill and /readyz saying 200.
+    let down_ms = ms(&ups[1]["down_ms"]);
+    let at_least = restarting.duration_since(seen_down).as_millis() as u64;
+    let at_most = seen_up.duration_since(killed).as_millis() as u64;
+    assert!(
+        (at_least..=at_most).contains(&down_ms),
+        "down_ms {down_ms} outside {at_least}..={at_most}"
+    );
+}
+
+/// An upstream nobody listens on is reported at start-up, and /readyz
+/// needs no admin token (orchestrators probe it without secrets), while
+/// the other routes still do.
+#[test]
+fn an_upstream_nobody_listens_on_is_reported_at_start() {
+    let port = support::free_port();
+    let upstream: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert!(
+        std::net::TcpStream::connect_timeout(&upstream, Duration::from_millis(500)).is_err(),
+        "something listens on {upstream}"
+    );
+    let config = format!("{FAST_PROBES}[admin]\ntoken = \"s3cret\"\n");
+    let (tap, _dir) = start(upstream, &config);
+
+    let down = tap.wait_for_event("upstream_down", T);
+    assert_eq!(down["at_start"], true, "{down}");
+    assert_eq!(down["upstream"], upstream.to_string());
+    assert!(
+        down["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&upstream.to_string())),
+        "{down}"
+    );
+    let (code, body) = readyz(&tap);
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["upstream"], upstream.to_string());
+    assert_eq!(body["error"], down["error"], "the same failure");
+    assert_eq!(
+        tap.admin_get("/metrics").0,
+        401,
+        "other routes keep the token"
+    );
+    // Failing probe after failing probe: one warning, not one per probe.
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(tap.events("upstream_down").len(), 1);
+    assert!(tap.events("upstream_up").is_empty());
+}
 
 fn inflight(tap: &Mongotap, query: &str) -> Vec<Value> {
     let (code, body) = tap.admin_get(&format!("/inflight{query}"));
