@@ -132,6 +132,39 @@ fn readyz_follows_a_real_server_going_down_and_coming_back() {
     );
 }
 
+/// A server that accepts but does not answer (SIGSTOP) is down once the
+/// probe's timeout passes, and up again when it resumes.
+#[test]
+fn a_hung_server_is_down_after_the_probe_timeout() {
+    let ferret = Ferret::start();
+    let upstream = ferret.addr().to_string();
+    let (tap, _dir) = start(ferret.addr(), FAST_PROBES);
+    wait_readyz(&tap, 200);
+
+    support::signal(ferret.pid(), "STOP");
+    let stopped = Instant::now();
+    let (body, seen_down) = wait_readyz(&tap, 503);
+    support::signal(ferret.pid(), "CONT");
+    assert_eq!(
+        body["error"],
+        format!("upstream {upstream} did not answer hello within 500 ms"),
+        "{body}"
+    );
+    // A hello goes unanswered for the whole 500 ms timeout before the
+    // probe says down. The one that does may have been sent just before
+    // the stop, if the server was slow to answer it: allow an interval.
+    assert!(
+        seen_down.duration_since(stopped) >= Duration::from_millis(300),
+        "down {:?} after SIGSTOP, before the 500 ms timeout",
+        seen_down.duration_since(stopped)
+    );
+    assert_eq!(upstream_up(&tap), 0);
+    let (body, _) = wait_readyz(&tap, 200);
+    assert_eq!(body["ready"], true);
+    assert_eq!(tap.events("upstream_down").len(), 1);
+    assert_eq!(tap.events("upstream_up").len(), 2);
+}
+
 /// An upstream nobody listens on is reported at start-up, and /readyz
 /// needs no admin token (orchestrators probe it without secrets), while
 /// the other routes still do.
