@@ -144,6 +144,7 @@ fn a_hung_server_is_down_after_the_probe_timeout() {
     support::signal(ferret.pid(), "STOP");
     let stopped = Instant::now();
     let (body, seen_down) = wait_readyz(&tap, 503);
+    assert_eq!(upstream_up(&tap), 0);
     support::signal(ferret.pid(), "CONT");
     assert_eq!(
         body["error"],
@@ -158,7 +159,6 @@ fn a_hung_server_is_down_after_the_probe_timeout() {
         "down {:?} after SIGSTOP, before the 500 ms timeout",
         seen_down.duration_since(stopped)
     );
-    assert_eq!(upstream_up(&tap), 0);
     let (body, _) = wait_readyz(&tap, 200);
     assert_eq!(body["ready"], true);
     assert_eq!(tap.events("upstream_down").len(), 1);
