@@ -1,10 +1,11 @@
-//! The admin HTTP endpoint: /healthz, /metrics, /stats, /stats/shapes,
-//! /inflight, /cursors. Loopback by default; a token is required to bind
-//! anywhere else, and then on every route but /healthz.
+//! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
+//! /stats/shapes, /inflight, /cursors. Loopback by default; a token is
+//! required to bind anywhere else, and then on every route but /healthz and
+//! /readyz.
 
 use crate::shared::Shared;
 use anyhow::Context;
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -42,6 +43,11 @@ pub async fn start(
             require_token,
         ))
         .route("/healthz", get(|| async { "ok" }))
+        // No token: orchestrators' readiness probes and load balancers'
+        // health checks seldom can carry a secret, and the answer holds
+        // nothing from client traffic (the configured upstream address and
+        // the probe's own error).
+        .route("/readyz", get(readyz))
         .route("/capture/start", post(capture_start))
         .route("/capture/stop", post(capture_stop))
         .with_state(shared);
@@ -89,8 +95,46 @@ async fn shapes(State(shared): S) -> impl IntoResponse {
     Json(serde_json::json!({ "shapes": shared.stats.shape_rows() }))
 }
 
-async fn inflight(State(shared): S) -> impl IntoResponse {
-    Json(shared.tracker.snapshot(shared.config.watch.stall_ms))
+/// 200 while the upstream answers the health probe's hello, 503 with the
+/// last error while it does not.
+async fn readyz(State(shared): S) -> impl IntoResponse {
+    let r = shared
+        .health
+        .readiness(&shared.config.proxy.upstream, std::time::Instant::now());
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(r.body))
+}
+
+/// By default only commands that can be stuck; `?all=true` adds the ones
+/// that wait by design (awaitable hellos, awaitData getMores).
+async fn inflight(State(shared): S, RawQuery(query): RawQuery) -> Response {
+    let all = match parse_all(query.as_deref()) {
+        Ok(all) => all,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    Json(shared.tracker.snapshot(shared.config.watch.stall_ms, all)).into_response()
+}
+
+/// The `all` parameter of /inflight: `true` or `false`, absent meaning
+/// false. Other parameters are ignored.
+fn parse_all(query: Option<&str>) -> Result<bool, String> {
+    let mut all = false;
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "all" {
+            continue;
+        }
+        all = match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err("/inflight: `all` must be true or false\n".into()),
+        };
+    }
+    Ok(all)
 }
 
 async fn cursors(State(shared): S) -> impl IntoResponse {
@@ -155,4 +199,20 @@ async fn capture_stop(State(shared): S, headers: HeaderMap) -> Response {
         "dropped": shared.capture.dropped.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_all;
+
+    #[test]
+    fn all_is_true_or_false() {
+        assert_eq!(parse_all(None), Ok(false));
+        assert_eq!(parse_all(Some("")), Ok(false));
+        assert_eq!(parse_all(Some("all=true")), Ok(true));
+        assert_eq!(parse_all(Some("x=1&all=true")), Ok(true));
+        assert_eq!(parse_all(Some("all=false")), Ok(false));
+        assert!(parse_all(Some("all=1")).is_err());
+        assert!(parse_all(Some("all")).is_err());
+    }
 }

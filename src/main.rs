@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod explain;
 mod export;
+mod health;
 mod inspect;
 mod logging;
 mod meta;

@@ -177,6 +177,12 @@ impl Collector for ProxyCollector {
             "Client connections refused at max_connections",
             c.connections_refused.load(Relaxed),
         )?;
+        gauge(
+            &mut enc,
+            "mongotap_upstream_up",
+            "1 while the upstream answers the health probe's hello, 0 otherwise (see /readyz)",
+            i64::from(s.health.is_up()),
+        )?;
         counter(
             &mut enc,
             "mongotap_upstream_connect_errors",

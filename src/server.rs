@@ -79,6 +79,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // matter) and stop on abort; they are not in `tasks`, which the drain
     // waits on.
     tokio::spawn(crate::watchdog::run(shared.clone(), shutdown.abort.clone()));
+    tokio::spawn(crate::health::run(shared.clone(), shutdown.abort.clone()));
 
     loop {
         // `accept` is cancel-safe: a connection not yet returned stays queued.

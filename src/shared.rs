@@ -5,6 +5,7 @@ use crate::capture::Capture;
 use crate::config::Config;
 use crate::cursors::Cursors;
 use crate::explain::Explainer;
+use crate::health::Health;
 use crate::meta::{ClientMeta, CommandSummary, Interner};
 use crate::rewrite::Policy;
 use crate::stats::Stats;
@@ -88,6 +89,8 @@ pub struct Shared {
     pub warned_apps: DashMap<String, ()>,
     /// The replica-set discovery warning is logged once per process.
     pub warned_hosts: AtomicBool,
+    /// What the upstream health probe last found (/readyz).
+    pub health: Health,
     next_conn_id: AtomicU64,
 }
 
@@ -115,6 +118,7 @@ impl Shared {
             tracker: Tracker::default(),
             cursors: Cursors::default(),
             warned_hosts: AtomicBool::new(false),
+            health: Health::new(std::time::Instant::now()),
             next_conn_id: AtomicU64::new(1),
         }
     }

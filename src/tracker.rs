@@ -160,11 +160,16 @@ impl Tracker {
         n
     }
 
-    /// Every pending command, oldest first.
-    pub fn snapshot(&self, stall_ms: u64) -> Vec<InflightRow> {
+    /// Pending commands, oldest first. Awaiting ones (monitors' awaitable
+    /// hellos, awaitData getMores) wait by design and would bury the
+    /// commands that can be stuck, so they are listed only with `awaiting`.
+    pub fn snapshot(&self, stall_ms: u64, awaiting: bool) -> Vec<InflightRow> {
         let now = Instant::now();
         let mut rows = Vec::new();
         self.for_each_mut(|p| {
+            if p.awaiting && !awaiting {
+                return;
+            }
             let age_ms = p.age_ms(now);
             rows.push(InflightRow {
                 conn: p.conn,
@@ -235,13 +240,20 @@ mod tests {
         one.insert(pending(1, -11, t0));
         two.insert(pending(2, 10, t0 + Duration::from_millis(5)));
         assert_eq!(tracker.inflight_count(), 2, "the awaiting one is left out");
-        assert_eq!(tracker.snapshot(60_000).len(), 3);
+        assert_eq!(tracker.snapshot(60_000, false).len(), 2);
+        let all = tracker.snapshot(60_000, true);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.iter().filter(|r| r.awaiting).count(), 1);
+        assert_eq!(
+            all.iter().find(|r| r.awaiting).map(|r| r.request_id),
+            Some(-11)
+        );
         // Same requestID on another connection is another command.
         assert_eq!(two.remove(10).map(|p| p.conn), Some(2));
         assert!(two.remove(10).is_none());
         assert_eq!(tracker.inflight_count(), 1);
         tracker.unregister(1);
-        assert!(tracker.snapshot(60_000).is_empty());
+        assert!(tracker.snapshot(60_000, true).is_empty());
         // The session still holds its table and drains it at close.
         let drained: Vec<i32> = one.drain().iter().map(|p| p.request_id).collect();
         assert_eq!(drained.len(), 2);

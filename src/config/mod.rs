@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use thiserror::Error;
 
+mod health;
+pub use health::HealthConfig;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -30,6 +33,7 @@ pub struct Config {
     pub explain: ExplainConfig,
     pub tls: TlsConfig,
     pub capture: CaptureConfig,
+    pub health: HealthConfig,
 }
 
 /// Traffic capture for `mongotap replay` and Wireshark export.
@@ -483,7 +487,7 @@ impl Config {
         if self.watch.max_series == 0 {
             return bad("watch.max_series must be at least 1".into());
         }
-        Ok(())
+        self.health.validate()
     }
 }
 

@@ -55,3 +55,23 @@ fn auto_runtime_is_current_thread_on_small_machines() {
     assert_eq!(MultiThread.resolve(1), MultiThread);
     assert_eq!(CurrentThread.resolve(64), CurrentThread);
 }
+
+#[test]
+fn health_probe_settings_are_checked() {
+    let c = Config::from_toml("[health]\ninterval_ms = 250\ntimeout_ms = 100\n").unwrap();
+    c.validate().unwrap();
+    assert_eq!((c.health.interval_ms, c.health.timeout_ms), (250, 100));
+    let d = Config::default().health;
+    assert_eq!((d.interval_ms, d.timeout_ms), (2_000, 1_000));
+    let bad = |t: &str| {
+        Config::from_toml(t)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad("[health]\ninterval_ms = 10\n").contains("health.interval_ms 10"));
+    assert!(bad("[health]\ntimeout_ms = 0\n").contains("health.timeout_ms"));
+    let err = Config::from_toml("[health]\nperiod_ms = 5\n").unwrap_err();
+    assert!(err.contains("period_ms"), "{err}");
+}

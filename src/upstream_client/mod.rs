@@ -33,6 +33,12 @@ pub enum ClientError {
     },
     #[error("upstream {addr} did not finish connecting and answering hello within {ms} ms")]
     ConnectTimeout { addr: String, ms: u64 },
+    #[error("upstream {addr} did not answer {command} within {ms} ms")]
+    Timeout {
+        addr: String,
+        command: String,
+        ms: u64,
+    },
     #[error("TLS handshake with upstream {addr} failed: {source}")]
     Tls {
         addr: String,
@@ -110,6 +116,18 @@ impl UpstreamClient {
         timeout: Duration,
         tls: Option<&TlsUpstream>,
     ) -> Result<Self, ClientError> {
+        Self::connect_as(addr, timeout, tls, "mongotap").await
+    }
+
+    /// `connect` with another application name in the handshake, so the
+    /// server's logs and `$currentOp` tell mongotap's connections apart
+    /// (the health probe's from auto-explain's).
+    pub async fn connect_as(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&TlsUpstream>,
+        app: &str,
+    ) -> Result<Self, ClientError> {
         let timed_out = || ClientError::ConnectTimeout {
             addr: addr.to_string(),
             ms: timeout.as_millis() as u64,
@@ -136,7 +154,7 @@ impl UpstreamClient {
                 ),
             };
             let mut client = UpstreamClient::new(stream, addr);
-            client.hello().await?;
+            client.hello(app).await?;
             Ok(client)
         })
         .await
@@ -155,11 +173,11 @@ impl UpstreamClient {
 
     /// The handshake: says who is connecting, so the server's logs and
     /// `$currentOp` show mongotap's own operations as such.
-    async fn hello(&mut self) -> Result<RawDocumentBuf, ClientError> {
+    async fn hello(&mut self, app: &str) -> Result<RawDocumentBuf, ClientError> {
         let hello = rawdoc! {
             "hello": 1,
             "client": {
-                "application": { "name": "mongotap" },
+                "application": { "name": app },
                 "driver": { "name": "mongotap", "version": env!("CARGO_PKG_VERSION") },
                 "os": { "type": std::env::consts::OS },
             },

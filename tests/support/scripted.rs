@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use mongotap_proto::op_compressed::{self, Compressor};
 use mongotap_proto::{op_msg, op_query, Header, OpCode, MAX_MESSAGE_LEN};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,7 +27,8 @@ pub struct Received {
     pub compressor: Option<Compressor>,
     /// OP_MSG flag bits (of the decompressed message).
     pub flags: u32,
-    /// Which connection (0, 1, ... in accept order).
+    /// Which connection (0, 1, ... in the order their first frames arrived;
+    /// mongotap's health probe connections are not numbered).
     pub conn: usize,
 }
 
@@ -81,10 +82,9 @@ impl Scripted {
         let script: Script = Arc::new(script);
         let sink = received.clone();
         let task = tokio::spawn(async move {
-            let mut conn = 0;
+            let conns = Arc::new(AtomicUsize::new(0));
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, conn, script.clone(), sink.clone()));
-                conn += 1;
+                tokio::spawn(serve(stream, conns.clone(), script.clone(), sink.clone()));
             }
         });
         Scripted {
@@ -118,14 +118,31 @@ impl Scripted {
     }
 }
 
+/// mongotap's health probe (its own connection, app "mongotap-health")
+/// hellos every upstream every `health.interval_ms`. The scripted upstream
+/// answers it with a plain hello reply and leaves it out of `received` and
+/// of the connection numbers, so tests see only what their clients caused.
+fn is_health_probe(first: &Received) -> bool {
+    first.name() == "hello"
+        && first.command.as_ref().is_some_and(|c| {
+            c.get_document("client")
+                .and_then(|c| c.get_document("application"))
+                .and_then(|a| a.get_str("name"))
+                .is_ok_and(|name| name == "mongotap-health")
+        })
+}
+
 async fn serve(
     mut stream: TcpStream,
-    conn: usize,
+    conns: Arc<AtomicUsize>,
     script: Script,
     sink: Arc<Mutex<Vec<Received>>>,
 ) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Numbered at its first frame, unless that frame is the health probe's.
+    let mut conn: Option<usize> = None;
+    let mut probe = false;
     loop {
         let frame = loop {
             match mongotap_proto::decode(&mut buf, MAX_MESSAGE_LEN) {
@@ -138,9 +155,21 @@ async fn serve(
                 Ok(_) => {}
             }
         };
-        let received = describe(&frame.bytes, conn);
-        sink.lock().expect("lock").push(received.clone());
-        for step in script(&received) {
+        let mut received = describe(&frame.bytes, 0);
+        if conn.is_none() && !probe {
+            probe = is_health_probe(&received);
+            if !probe {
+                conn = Some(conns.fetch_add(1, Ordering::Relaxed));
+            }
+        }
+        let steps = if probe {
+            default_reply(&received)
+        } else {
+            received.conn = conn.unwrap_or_default();
+            sink.lock().expect("lock").push(received.clone());
+            script(&received)
+        };
+        for step in steps {
             match step {
                 Step::Send(bytes) => {
                     if stream.write_all(&bytes).await.is_err() {
