@@ -22,6 +22,7 @@ mod server;
 mod session;
 mod shared;
 mod stats;
+mod stdout;
 mod tls;
 mod tracker;
 mod upstream_client;
@@ -169,12 +170,8 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
     // Certificates and keys are read at startup; a file the proxy could
     // not load must not pass the check.
     tls::Tls::load(&cfg.tls, &cfg.proxy.upstream).context("cannot load TLS settings")?;
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{}: ok", file.display());
-        println!("{:#?}", cfg.redacted());
-    }
-    Ok(())
+    let text = format!("{}: ok\n{:#?}\n", file.display(), cfg.redacted());
+    stdout::print(&text).context("cannot write to stdout")
 }
 
 fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
