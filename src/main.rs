@@ -149,10 +149,26 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mongotap: error: {e:#}");
+            eprintln!("mongotap: error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Our error enums put their cause's
+/// text in their own message (log lines show only that message) and also
+/// keep it as `source()`, so a cause whose text is already on the line is
+/// skipped: "No such file or directory (os error 2)" is said once.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn check_config(file: PathBuf) -> anyhow::Result<()> {
