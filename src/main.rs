@@ -12,6 +12,7 @@ mod events;
 mod explain;
 mod export;
 mod inspect;
+mod listen;
 mod logging;
 mod meta;
 mod metrics;
