@@ -154,7 +154,18 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
             _ = hup.recv() => {}
             _ = stop.cancelled() => return,
         }
-        let loaded = Config::from_file(&path).and_then(|c| c.validate().map(|()| c));
+        // Reading the file and validating (which resolves a host name in
+        // admin.listen) block: keep them off the runtime's threads, which
+        // on a current-thread runtime carry every connection.
+        let file = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            Config::from_file(&file).and_then(|c| c.validate().map(|()| c))
+        })
+        .await;
+        let Ok(loaded) = loaded else {
+            warn!(event = "config_reload_failed", "config reload task failed");
+            continue;
+        };
         match loaded {
             Ok(cfg) => {
                 // Certificates first: a bad one rejects the whole reload.

@@ -2,7 +2,6 @@
 //! then `validate()`. `check-config` runs exactly the same path.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::path::Path;
 use thiserror::Error;
 
@@ -374,118 +373,8 @@ impl Config {
         hide(&mut c.capture.control_token);
         c
     }
-
-    /// Checks values that parse but cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if let Err(e) = self.proxy.listen.parse::<SocketAddr>() {
-            return bad(format!(
-                "proxy.listen {:?} is not an IP:port address ({e})",
-                self.proxy.listen
-            ));
-        }
-        if self.proxy.upstream.rsplit_once(':').is_none() {
-            return bad(format!(
-                "proxy.upstream {:?} must be HOST:PORT",
-                self.proxy.upstream
-            ));
-        }
-        if self.proxy.max_frame_bytes < 1024
-            || self.proxy.max_frame_bytes > mongotap_proto::MAX_MESSAGE_LEN
-        {
-            return bad(format!(
-                "proxy.max_frame_bytes {} must be between 1024 and {}",
-                self.proxy.max_frame_bytes,
-                mongotap_proto::MAX_MESSAGE_LEN
-            ));
-        }
-        if self.proxy.max_inflight_per_connection == 0 || self.proxy.frame_timeout_ms == 0 {
-            return bad(
-                "proxy.max_inflight_per_connection and proxy.frame_timeout_ms must be at least 1"
-                    .into(),
-            );
-        }
-        if self.proxy.max_connections == 0 {
-            return bad("proxy.max_connections must be at least 1".into());
-        }
-        if !self.admin.listen.is_empty() {
-            match self.admin.listen.parse::<SocketAddr>() {
-                Err(e) => {
-                    return bad(format!(
-                        "admin.listen {:?} is not an IP:port address ({e})",
-                        self.admin.listen
-                    ))
-                }
-                Ok(addr) if !addr.ip().is_loopback() && self.admin.token.is_none() => {
-                    return bad(format!(
-                        "admin.listen {addr} is not loopback: set admin.token so the endpoint is not open to the network"
-                    ))
-                }
-                Ok(_) => {}
-            }
-        }
-        for (i, rule) in self.rewrite.rule.iter().enumerate() {
-            let n = i + 1;
-            if rule.commands.is_empty() {
-                return bad(format!("rewrite.rule #{n}: `commands` is empty; name the commands it applies to, e.g. [\"aggregate\", \"find\"]"));
-            }
-            if let Some(c) = rule
-                .commands
-                .iter()
-                .find(|c| mongotap_proto::rewrite::never_rewrite(c))
-            {
-                return bad(format!(
-                    "rewrite.rule #{n}: mongotap never rewrites `{c}`; remove it from `commands`"
-                ));
-            }
-            if rule.default_max_time_ms.is_none()
-                && rule.max_time_ms_cap.is_none()
-                && !rule.allow_disk_use
-            {
-                return bad(format!("rewrite.rule #{n} has no action: set default_max_time_ms, max_time_ms_cap or allow_disk_use"));
-            }
-            if rule.commands.iter().any(|c| c == "explain") {
-                return bad(format!("rewrite.rule #{n}: `explain` is matched by the command it explains; name that command (e.g. \"aggregate\") instead"));
-            }
-            // The server rejects a maxTimeMS that does not fit an int32.
-            let too_big = |v: Option<u64>| v.is_some_and(|v| v > i32::MAX as u64);
-            if too_big(rule.default_max_time_ms) || too_big(rule.max_time_ms_cap) {
-                return bad(format!("rewrite.rule #{n}: time limits must be at most 2147483647 ms (the server rejects larger maxTimeMS values)"));
-            }
-            if rule.default_max_time_ms == Some(0) || rule.max_time_ms_cap == Some(0) {
-                return bad(format!("rewrite.rule #{n}: a time limit of 0 means unlimited; use a positive number of milliseconds"));
-            }
-            if let (Some(d), Some(c)) = (rule.default_max_time_ms, rule.max_time_ms_cap) {
-                if d > c {
-                    return bad(format!(
-                        "rewrite.rule #{n}: default_max_time_ms {d} is above max_time_ms_cap {c}"
-                    ));
-                }
-            }
-        }
-        if let Some(up) = &self.tls.upstream {
-            if up.cert.is_some() != up.key.is_some() {
-                return bad("tls.upstream: set both cert and key, or neither".into());
-            }
-        }
-        if !(0.0..=1.0).contains(&self.capture.sample_rate) {
-            return bad(format!(
-                "capture.sample_rate {} must be between 0.0 and 1.0",
-                self.capture.sample_rate
-            ));
-        }
-        if self.capture.max_files == 0 || self.capture.channel_capacity == 0 {
-            return bad("capture.max_files and capture.channel_capacity must be at least 1".into());
-        }
-        if self.watch.stall_ms == 0 {
-            return bad("watch.stall_ms must be at least 1".into());
-        }
-        if self.watch.max_series == 0 {
-            return bad("watch.max_series must be at least 1".into());
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests;
+mod validate;

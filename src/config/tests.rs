@@ -55,3 +55,33 @@ fn auto_runtime_is_current_thread_on_small_machines() {
     assert_eq!(MultiThread.resolve(1), MultiThread);
     assert_eq!(CurrentThread.resolve(64), CurrentThread);
 }
+
+#[test]
+fn listen_addresses_may_be_host_names() {
+    let check = |t: &str| Config::from_toml(t).unwrap().validate();
+    for ok in [
+        "[proxy]\nlisten = \"localhost:27018\"\n",
+        "[proxy]\nlisten = \"[::1]:27018\"\n",
+        "[proxy]\nlisten = \"0.0.0.0:0\"\n",
+        // localhost resolves to loopback only: no token needed.
+        "[admin]\nlisten = \"localhost:9477\"\n",
+        "[admin]\nlisten = \"\"\n",
+    ] {
+        check(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let bad = |t: &str| check(t).unwrap_err().to_string();
+    assert_eq!(
+        bad("[proxy]\nlisten = \"localhost\"\n"),
+        "invalid config: proxy.listen (or --listen) \"localhost\" must be HOST:PORT, e.g. 127.0.0.1:27018, [::1]:27018 or localhost:27018"
+    );
+    assert_eq!(
+        bad("[admin]\nlisten = \"localhost:99999\"\n"),
+        "invalid config: admin.listen (or --admin) \"localhost:99999\" must be HOST:PORT, e.g. 127.0.0.1:27018, [::1]:27018 or localhost:27018; the port must be a number from 0 to 65535"
+    );
+    assert!(bad("[proxy]\nlisten = \"::1:27018\"\n").contains("must be HOST:PORT"));
+    assert!(bad("[proxy]\nlisten = \":27018\"\n").contains("must be HOST:PORT"));
+    assert_eq!(
+        bad("[admin]\nlisten = \"0.0.0.0:9477\"\n"),
+        "invalid config: admin.listen \"0.0.0.0:9477\" is not loopback: set admin.token so the endpoint is not open to the network"
+    );
+}
