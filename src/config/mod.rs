@@ -356,8 +356,17 @@ impl Config {
         })
     }
 
+    /// Parses TOML on top of the defaults. The error is one line naming the
+    /// key path, line and column, in words rather than Rust type names.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        let de = toml::Deserializer::parse(text).map_err(|e| wording::describe(text, None, &e))?;
+        // serde_path_to_error tracks the key being read, which toml's own
+        // error knows but does not expose.
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != ".").then_some(key);
+            wording::describe(text, key.as_deref(), e.inner())
+        })
     }
 
     /// A copy safe to print: tokens and passwords replaced.
@@ -378,3 +387,4 @@ impl Config {
 #[cfg(test)]
 mod tests;
 mod validate;
+mod wording;

@@ -57,6 +57,91 @@ fn auto_runtime_is_current_thread_on_small_machines() {
 }
 
 #[test]
+fn type_errors_name_the_key_line_and_type_in_words() {
+    let err = |t: &str| Config::from_toml(t).unwrap_err();
+    assert_eq!(
+        err("[watch]\nslow_ms = \"x\"\n"),
+        "watch.slow_ms (line 2, column 11): invalid type: string \"x\", expected a non-negative integer"
+    );
+    assert_eq!(
+        err("[proxy]\nlisten = \"127.0.0.1:1\"\nmax_connections = -1\n"),
+        "proxy.max_connections (line 3, column 19): invalid value: integer `-1`, expected a non-negative integer"
+    );
+    assert_eq!(
+        err("[capture]\nenabled = 1\n"),
+        "capture.enabled (line 2, column 11): invalid type: integer `1`, expected true or false"
+    );
+    assert_eq!(
+        err("[capture]\nsample_rate = \"all\"\n"),
+        "capture.sample_rate (line 2, column 15): invalid type: string \"all\", expected a number"
+    );
+    assert_eq!(
+        err("[[rewrite.rule]]\ncommands = \"find\"\n"),
+        "rewrite.rule[0].commands (line 2, column 12): invalid type: string \"find\", expected an array"
+    );
+    assert_eq!(
+        err("[rewrite]\nmode = true\n"),
+        "rewrite.mode (line 2, column 8): expected a string"
+    );
+    assert_eq!(
+        err("proxy = 3\n"),
+        "proxy (line 1, column 9): invalid type: integer `3`, expected a table"
+    );
+    // Syntax errors have no key yet, but keep the position.
+    assert!(
+        err("[watch]\nslow_ms = \n").starts_with("line 2, column 11: "),
+        "{}",
+        err("[watch]\nslow_ms = \n")
+    );
+}
+
+#[test]
+fn serde_names_become_words() {
+    use super::wording::in_words;
+    for (serde, words) in [
+        (
+            "invalid type: string \"x\", expected u64",
+            "invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "invalid type: string \"x\", expected u32",
+            "invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "invalid type: string \"x\", expected usize",
+            "invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "invalid type: string \"x\", expected i64",
+            "invalid type: string \"x\", expected an integer",
+        ),
+        (
+            "invalid type: string \"x\", expected f64",
+            "invalid type: string \"x\", expected a number",
+        ),
+        (
+            "invalid type: integer `1`, expected a boolean",
+            "invalid type: integer `1`, expected true or false",
+        ),
+        (
+            "invalid type: map, expected a string",
+            "invalid type: a table, expected a string",
+        ),
+        (
+            "invalid type: sequence, expected struct WatchConfig",
+            "invalid type: an array, expected a table",
+        ),
+        // Already in words: unchanged.
+        (
+            "unknown variant `on`, expected one of `off`, `dry-run`, `enforce`",
+            "unknown variant `on`, expected one of `off`, `dry-run`, `enforce`",
+        ),
+    ] {
+        assert_eq!(in_words(serde), words);
+    }
+}
+
+#[test]
 fn listen_addresses_may_be_host_names() {
     let check = |t: &str| Config::from_toml(t).unwrap().validate();
     for ok in [
