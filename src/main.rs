@@ -53,8 +53,8 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Proxy(ProxyArgs),
-    /// Parse and validate a config file, print the effective settings, and exit
-    /// (0: valid, 1: invalid).
+    /// Parse and validate a config file, print the effective settings as
+    /// TOML (secrets redacted), and exit (0: valid, 1: invalid).
     CheckConfig {
         /// The TOML config file to check.
         file: PathBuf,
@@ -187,7 +187,8 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
     // Certificates and keys are read at startup; a file the proxy could
     // not load must not pass the check.
     tls::Tls::load(&cfg.tls, &cfg.proxy.upstream).context("cannot load TLS settings")?;
-    let text = format!("{}: ok\n{:#?}\n", file.display(), cfg.redacted());
+    // A TOML comment first, so that the whole output is a config file.
+    let text = format!("# {}: ok\n{}", file.display(), cfg.redacted().to_toml()?);
     stdout::print(&text).context("cannot write to stdout")
 }
 

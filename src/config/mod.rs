@@ -1,7 +1,7 @@
 //! Configuration: built-in defaults, then the TOML file, then CLI flags,
 //! then `validate()`. `check-config` runs exactly the same path.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use thiserror::Error;
 
@@ -16,9 +16,11 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error("cannot print the settings as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub proxy: ProxyConfig,
@@ -32,7 +34,7 @@ pub struct Config {
 }
 
 /// Traffic capture for `mongotap replay` and Wireshark export.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Start capturing at startup (otherwise POST /capture/start).
@@ -73,7 +75,7 @@ impl Default for CaptureConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// TLS offered to clients. Absent: clients connect in plaintext.
@@ -82,7 +84,7 @@ pub struct TlsConfig {
     pub upstream: Option<TlsUpstreamSide>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsClientSide {
     /// PEM certificate chain presented to clients (leaf first).
@@ -95,7 +97,7 @@ pub struct TlsClientSide {
     pub ca: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsUpstreamSide {
     /// PEM CA bundle that signs the server's certificate. Absent: the
@@ -117,7 +119,7 @@ pub struct TlsUpstreamSide {
 /// Auto-explain: when an aggregate runs longer than `after_ms`, mongotap
 /// runs `explain` (executionStats) for the same pipeline on its own
 /// upstream connection and logs an `explained` event.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExplainConfig {
     pub enabled: bool,
@@ -149,7 +151,7 @@ impl Default for ExplainConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RewriteMode {
     /// Rules are ignored.
@@ -161,7 +163,7 @@ pub enum RewriteMode {
     Enforce,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewriteConfig {
     pub mode: RewriteMode,
@@ -169,7 +171,7 @@ pub struct RewriteConfig {
     pub rule: Vec<RewriteRule>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewriteRule {
     /// Command names the rule applies to, e.g. ["aggregate", "find"].
@@ -186,7 +188,7 @@ pub struct RewriteRule {
     pub allow_disk_use: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address clients connect to.
@@ -217,7 +219,7 @@ pub struct ProxyConfig {
     pub worker_threads: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuntimeFlavor {
     /// current-thread when 2 CPUs or fewer are available, else multi-thread.
@@ -270,7 +272,7 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Admin HTTP endpoint (/metrics, /stats, /inflight, /healthz).
@@ -290,7 +292,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     /// Commands slower than this get a `slow` event.
@@ -326,7 +328,7 @@ impl Default for WatchConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -334,7 +336,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -367,6 +369,13 @@ impl Config {
             let key = (key != ".").then_some(key);
             wording::describe(text, key.as_deref(), e.inner())
         })
+    }
+
+    /// The settings as a TOML config file: what `check-config` prints, and
+    /// a file that `from_toml` reads back to the same settings. Keys left
+    /// unset (tokens, TLS, optional limits) are omitted, as TOML has no null.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
     }
 
     /// A copy safe to print: tokens and passwords replaced.
