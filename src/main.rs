@@ -52,6 +52,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
+    ///
+    /// Clients connect to --listen with directConnection=true in their URI,
+    /// e.g. mongodb://127.0.0.1:27018/?directConnection=true&appName=checkout;
+    /// without it a driver discovers replica-set members from the server and
+    /// connects to them directly, bypassing the proxy. Stop with SIGTERM or
+    /// Ctrl-C: in-flight commands get proxy.drain_timeout_ms to finish.
     Proxy(ProxyArgs),
     /// Parse and validate a config file, print the effective settings as
     /// TOML (secrets redacted), and exit (0: valid, 1: invalid).
@@ -77,23 +83,26 @@ enum CaptureCommand {
 
 #[derive(Args)]
 struct ProxyArgs {
-    /// TOML config file (see config.toml in the repository for every key).
-    #[arg(long, short, env = "MONGOTAP_CONFIG")]
+    /// TOML config file (see config.toml in the repository for every key;
+    /// `mongotap check-config FILE` checks one).
+    #[arg(long, short, env = "MONGOTAP_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to accept client connections on [default: 127.0.0.1:27018].
-    #[arg(long)]
+    /// Address to accept client connections on; a host name such as
+    /// localhost:27018 works too [default: 127.0.0.1:27018].
+    #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
-    /// Server to forward to, HOST:PORT [default: 127.0.0.1:27017].
-    #[arg(long)]
+    /// Server to forward to: mongod, mongos or FerretDB [default: 127.0.0.1:27017].
+    #[arg(long, value_name = "HOST:PORT")]
     upstream: Option<String>,
-    /// Admin HTTP endpoint address; "" disables it [default: 127.0.0.1:9477].
-    #[arg(long)]
+    /// Admin HTTP endpoint (/metrics, /stats, /inflight); "" disables it
+    /// [default: 127.0.0.1:9477].
+    #[arg(long, value_name = "HOST:PORT")]
     admin: Option<String>,
     /// Commands slower than this many ms are logged as `slow` [default: 100].
-    #[arg(long)]
+    #[arg(long, value_name = "MS")]
     slow_ms: Option<u64>,
     /// Commands pending longer than this many ms are reported as `stalled` [default: 5000].
-    #[arg(long)]
+    #[arg(long, value_name = "MS")]
     stall_ms: Option<u64>,
     /// Log format on stderr [default: text].
     #[arg(long, value_enum)]
