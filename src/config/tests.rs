@@ -43,6 +43,15 @@ fn invalid_values_say_what_to_do() {
             .contains("never rewrites")
     );
     assert!(bad("[[rewrite.rule]]\ncommands = [\"find\"]\n").contains("no action"));
+    // Settings a flag also sets name the flag.
+    assert_eq!(
+        bad("[proxy]\nupstream = \"db.internal\"\n"),
+        "invalid config: proxy.upstream (or --upstream) \"db.internal\" must be HOST:PORT, e.g. 127.0.0.1:27017 or db.internal:27017"
+    );
+    assert_eq!(
+        bad("[watch]\nstall_ms = 0\n"),
+        "invalid config: watch.stall_ms (or --stall-ms) must be at least 1"
+    );
 }
 
 #[test]

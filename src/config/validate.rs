@@ -13,7 +13,7 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         if self.proxy.upstream.rsplit_once(':').is_none() {
             return bad(format!(
-                "proxy.upstream {:?} must be HOST:PORT",
+                "proxy.upstream (or --upstream) {:?} must be HOST:PORT, e.g. 127.0.0.1:27017 or db.internal:27017",
                 self.proxy.upstream
             ));
         }
@@ -109,7 +109,7 @@ impl Config {
             return bad("capture.max_files and capture.channel_capacity must be at least 1".into());
         }
         if self.watch.stall_ms == 0 {
-            return bad("watch.stall_ms must be at least 1".into());
+            return bad("watch.stall_ms (or --stall-ms) must be at least 1".into());
         }
         if self.watch.max_series == 0 {
             return bad("watch.max_series must be at least 1".into());
