@@ -455,3 +455,31 @@ fn help_states_the_real_defaults() {
         );
     }
 }
+
+/// With nothing at the upstream address, each client's connection is
+/// closed with a line that says which setting points there.
+#[test]
+fn an_unreachable_upstream_names_the_setting() {
+    // Free a moment ago and never listened on: connecting is refused.
+    let upstream = format!("127.0.0.1:{}", support::free_port());
+    let tap = Mongotap::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--admin",
+        "",
+        "--log-format",
+        "json",
+    ]);
+    let _client = std::net::TcpStream::connect(tap.listen).expect("connect to mongotap");
+    let event = tap.wait_for_event("upstream_unreachable", Duration::from_secs(10));
+    assert_eq!(
+        event["error"],
+        format!(
+            "cannot connect to upstream {upstream} (proxy.upstream, or --upstream): Connection refused (os error 111)"
+        ),
+        "{event}"
+    );
+}
