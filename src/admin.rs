@@ -4,7 +4,6 @@
 //! /readyz.
 
 use crate::shared::Shared;
-use anyhow::Context;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
@@ -28,9 +27,7 @@ pub async fn start(
     if listen.is_empty() {
         return Ok(None);
     }
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (admin.listen)"))?;
+    let listener = crate::listen::bind(&listen, crate::listen::Setting::Admin).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))

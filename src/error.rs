@@ -28,7 +28,9 @@ impl fmt::Display for Side {
 
 #[derive(Debug, Error)]
 pub enum SessionError {
-    #[error("cannot connect to upstream {addr}: {source}")]
+    // The setting is named because on a first run this is usually a wrong
+    // or missing --upstream, not a server that went away.
+    #[error("cannot connect to upstream {addr} (proxy.upstream, or --upstream): {source}")]
     Connect {
         addr: String,
         source: std::io::Error,
@@ -39,7 +41,7 @@ pub enum SessionError {
         name: String,
         source: std::io::Error,
     },
-    #[error("connecting to upstream {addr} timed out after {ms} ms")]
+    #[error("connecting to upstream {addr} timed out after {ms} ms (proxy.connect_timeout_ms)")]
     ConnectTimeout { addr: String, ms: u64 },
     #[error("{side} sent a malformed frame: {source}")]
     Decode { side: Side, source: DecodeError },

@@ -107,6 +107,8 @@ pub enum ExportError {
     },
     #[error("cannot build a packet: {0}")]
     Packet(String),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
 }
 
 /// What an export wrote.
@@ -120,25 +122,22 @@ pub struct Summary {
 
 pub fn run(args: &ExportArgs) -> Result<(), ExportError> {
     let s = export(&args.files, &args.pcap, args.link, args.server)?;
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "{}: {} packets from {} records ({} connections, {} capture files)",
-            args.pcap.display(),
-            s.packets,
-            s.records,
-            s.connections,
-            s.files
-        );
-        if args.link == Link::Tcp {
-            println!(
-                "open with: tshark -d tcp.port=={},mongo -r {}",
-                args.server.port(),
-                args.pcap.display()
-            );
-        }
+    let mut out = format!(
+        "{}: {} packets from {} records ({} connections, {} capture files)\n",
+        args.pcap.display(),
+        s.packets,
+        s.records,
+        s.connections,
+        s.files
+    );
+    if args.link == Link::Tcp {
+        out.push_str(&format!(
+            "open with: tshark -d tcp.port=={},mongo -r {}\n",
+            args.server.port(),
+            args.pcap.display()
+        ));
     }
-    Ok(())
+    crate::stdout::print(&out).map_err(ExportError::Stdout)
 }
 
 pub fn export(

@@ -13,6 +13,7 @@ mod explain;
 mod export;
 mod health;
 mod inspect;
+mod listen;
 mod logging;
 mod meta;
 mod metrics;
@@ -23,6 +24,7 @@ mod server;
 mod session;
 mod shared;
 mod stats;
+mod stdout;
 mod tls;
 mod tracker;
 mod upstream_client;
@@ -51,9 +53,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
+    ///
+    /// Clients connect to --listen with directConnection=true in their URI,
+    /// e.g. mongodb://127.0.0.1:27018/?directConnection=true&appName=checkout;
+    /// without it a driver discovers replica-set members from the server and
+    /// connects to them directly, bypassing the proxy. Stop with SIGTERM or
+    /// Ctrl-C: in-flight commands get proxy.drain_timeout_ms to finish.
     Proxy(ProxyArgs),
-    /// Parse and validate a config file, print the effective settings, and exit
-    /// (0: valid, 1: invalid).
+    /// Parse and validate a config file, print the effective settings as
+    /// TOML (secrets redacted), and exit (0: valid, 1: invalid).
     CheckConfig {
         /// The TOML config file to check.
         file: PathBuf,
@@ -76,23 +84,26 @@ enum CaptureCommand {
 
 #[derive(Args)]
 struct ProxyArgs {
-    /// TOML config file (see config.toml in the repository for every key).
-    #[arg(long, short, env = "MONGOTAP_CONFIG")]
+    /// TOML config file (see config.toml in the repository for every key;
+    /// `mongotap check-config FILE` checks one).
+    #[arg(long, short, env = "MONGOTAP_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to accept client connections on [default: 127.0.0.1:27018].
-    #[arg(long)]
+    /// Address to accept client connections on; a host name such as
+    /// localhost:27018 works too [default: 127.0.0.1:27018].
+    #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
-    /// Server to forward to, HOST:PORT [default: 127.0.0.1:27017].
-    #[arg(long)]
+    /// Server to forward to: mongod, mongos or FerretDB [default: 127.0.0.1:27017].
+    #[arg(long, value_name = "HOST:PORT")]
     upstream: Option<String>,
-    /// Admin HTTP endpoint address; "" disables it [default: 127.0.0.1:9477].
-    #[arg(long)]
+    /// Admin HTTP endpoint (/metrics, /stats, /inflight); "" disables it
+    /// [default: 127.0.0.1:9477].
+    #[arg(long, value_name = "HOST:PORT")]
     admin: Option<String>,
     /// Commands slower than this many ms are logged as `slow` [default: 100].
-    #[arg(long)]
+    #[arg(long, value_name = "MS")]
     slow_ms: Option<u64>,
     /// Commands pending longer than this many ms are reported as `stalled` [default: 5000].
-    #[arg(long)]
+    #[arg(long, value_name = "MS")]
     stall_ms: Option<u64>,
     /// Log format on stderr [default: text].
     #[arg(long, value_enum)]
@@ -149,10 +160,26 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mongotap: error: {e:#}");
+            eprintln!("mongotap: error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Our error enums put their cause's
+/// text in their own message (log lines show only that message) and also
+/// keep it as `source()`, so a cause whose text is already on the line is
+/// skipped: "No such file or directory (os error 2)" is said once.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn check_config(file: PathBuf) -> anyhow::Result<()> {
@@ -170,12 +197,9 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
     // Certificates and keys are read at startup; a file the proxy could
     // not load must not pass the check.
     tls::Tls::load(&cfg.tls, &cfg.proxy.upstream).context("cannot load TLS settings")?;
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{}: ok", file.display());
-        println!("{:#?}", cfg.redacted());
-    }
-    Ok(())
+    // A TOML comment first, so that the whole output is a config file.
+    let text = format!("# {}: ok\n{}", file.display(), cfg.redacted().to_toml()?);
+    stdout::print(&text).context("cannot write to stdout")
 }
 
 fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {

@@ -124,6 +124,8 @@ pub enum ReplayError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
 }
 
 pub fn run(args: &ReplayArgs) -> Result<(), ReplayError> {
@@ -188,14 +190,11 @@ pub fn run(args: &ReplayArgs) -> Result<(), ReplayError> {
             source,
         })?;
     }
-    #[allow(clippy::print_stdout)]
-    {
-        print!("{}", report.table());
-        if let Some(path) = &args.report {
-            println!("report: {}", path.display());
-        }
+    let mut out = report.table();
+    if let Some(path) = &args.report {
+        out.push_str(&format!("report: {}\n", path.display()));
     }
-    Ok(())
+    crate::stdout::print(&out).map_err(ReplayError::Stdout)
 }
 
 /// The capture files `inputs` name (a base path stands for all its

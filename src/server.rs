@@ -3,6 +3,7 @@
 //! deadline, then returns.
 
 use crate::config::Config;
+use crate::listen::Setting;
 use crate::rewrite::Policy;
 use crate::session::{self, ConnId, Shutdown};
 use crate::shared::Shared;
@@ -12,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -39,9 +39,7 @@ fn raise_fd_limit(max_connections: usize) {
 
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit(config.proxy.max_connections);
-    let listener = TcpListener::bind(&config.proxy.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
+    let listener = crate::listen::bind(&config.proxy.listen, Setting::Proxy).await?;
     let listen_addr = listener.local_addr()?;
     let tls = Tls::load(&config.tls, &config.proxy.upstream).context("cannot load TLS settings")?;
     let shared = Arc::new(Shared::new(config, tls));
@@ -157,7 +155,18 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
             _ = hup.recv() => {}
             _ = stop.cancelled() => return,
         }
-        let loaded = Config::from_file(&path).and_then(|c| c.validate().map(|()| c));
+        // Reading the file and validating (which resolves a host name in
+        // admin.listen) block: keep them off the runtime's threads, which
+        // on a current-thread runtime carry every connection.
+        let file = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            Config::from_file(&file).and_then(|c| c.validate().map(|()| c))
+        })
+        .await;
+        let Ok(loaded) = loaded else {
+            warn!(event = "config_reload_failed", "config reload task failed");
+            continue;
+        };
         match loaded {
             Ok(cfg) => {
                 // Certificates first: a bad one rejects the whole reload.

@@ -100,7 +100,9 @@ fn admin_binds_loopback_by_default() {
     match listening {
         Some(line) => assert_eq!(line["admin"], "127.0.0.1:9477", "{line}"),
         None => assert!(
-            stderr.contains("cannot listen on 127.0.0.1:9477 (admin.listen)"),
+            stderr.contains(
+                "cannot listen on 127.0.0.1:9477 (admin.listen, or --admin): address already in use"
+            ),
             "{stderr}"
         ),
     }

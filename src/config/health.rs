@@ -2,13 +2,13 @@
 //! `mongotap_upstream_up`.
 
 use super::ConfigError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Probes shorter than this would put a steady load of hellos on the
 /// server for no faster answer than an orchestrator's own probe period.
 const MIN_INTERVAL_MS: u64 = 100;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// How often mongotap sends a hello to the upstream on its own connection.

@@ -1,8 +1,7 @@
 //! Configuration: built-in defaults, then the TOML file, then CLI flags,
 //! then `validate()`. `check-config` runs exactly the same path.
 
-use serde::Deserialize;
-use std::net::SocketAddr;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use thiserror::Error;
 
@@ -20,9 +19,11 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error("cannot print the settings as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub proxy: ProxyConfig,
@@ -37,7 +38,7 @@ pub struct Config {
 }
 
 /// Traffic capture for `mongotap replay` and Wireshark export.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Start capturing at startup (otherwise POST /capture/start).
@@ -78,7 +79,7 @@ impl Default for CaptureConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// TLS offered to clients. Absent: clients connect in plaintext.
@@ -87,7 +88,7 @@ pub struct TlsConfig {
     pub upstream: Option<TlsUpstreamSide>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsClientSide {
     /// PEM certificate chain presented to clients (leaf first).
@@ -100,7 +101,7 @@ pub struct TlsClientSide {
     pub ca: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsUpstreamSide {
     /// PEM CA bundle that signs the server's certificate. Absent: the
@@ -122,7 +123,7 @@ pub struct TlsUpstreamSide {
 /// Auto-explain: when an aggregate runs longer than `after_ms`, mongotap
 /// runs `explain` (executionStats) for the same pipeline on its own
 /// upstream connection and logs an `explained` event.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExplainConfig {
     pub enabled: bool,
@@ -154,7 +155,7 @@ impl Default for ExplainConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RewriteMode {
     /// Rules are ignored.
@@ -166,7 +167,7 @@ pub enum RewriteMode {
     Enforce,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewriteConfig {
     pub mode: RewriteMode,
@@ -174,7 +175,7 @@ pub struct RewriteConfig {
     pub rule: Vec<RewriteRule>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewriteRule {
     /// Command names the rule applies to, e.g. ["aggregate", "find"].
@@ -191,7 +192,7 @@ pub struct RewriteRule {
     pub allow_disk_use: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address clients connect to.
@@ -222,7 +223,7 @@ pub struct ProxyConfig {
     pub worker_threads: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuntimeFlavor {
     /// current-thread when 2 CPUs or fewer are available, else multi-thread.
@@ -275,7 +276,7 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Admin HTTP endpoint (/metrics, /stats, /inflight, /healthz).
@@ -295,7 +296,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     /// Commands slower than this get a `slow` event.
@@ -331,7 +332,7 @@ impl Default for WatchConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -339,7 +340,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -361,8 +362,24 @@ impl Config {
         })
     }
 
+    /// Parses TOML on top of the defaults. The error is one line naming the
+    /// key path, line and column, in words rather than Rust type names.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        let de = toml::Deserializer::parse(text).map_err(|e| wording::describe(text, None, &e))?;
+        // serde_path_to_error tracks the key being read, which toml's own
+        // error knows but does not expose.
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != ".").then_some(key);
+            wording::describe(text, key.as_deref(), e.inner())
+        })
+    }
+
+    /// The settings as a TOML config file: what `check-config` prints, and
+    /// a file that `from_toml` reads back to the same settings. Keys left
+    /// unset (tokens, TLS, optional limits) are omitted, as TOML has no null.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
     }
 
     /// A copy safe to print: tokens and passwords replaced.
@@ -378,118 +395,9 @@ impl Config {
         hide(&mut c.capture.control_token);
         c
     }
-
-    /// Checks values that parse but cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if let Err(e) = self.proxy.listen.parse::<SocketAddr>() {
-            return bad(format!(
-                "proxy.listen {:?} is not an IP:port address ({e})",
-                self.proxy.listen
-            ));
-        }
-        if self.proxy.upstream.rsplit_once(':').is_none() {
-            return bad(format!(
-                "proxy.upstream {:?} must be HOST:PORT",
-                self.proxy.upstream
-            ));
-        }
-        if self.proxy.max_frame_bytes < 1024
-            || self.proxy.max_frame_bytes > mongotap_proto::MAX_MESSAGE_LEN
-        {
-            return bad(format!(
-                "proxy.max_frame_bytes {} must be between 1024 and {}",
-                self.proxy.max_frame_bytes,
-                mongotap_proto::MAX_MESSAGE_LEN
-            ));
-        }
-        if self.proxy.max_inflight_per_connection == 0 || self.proxy.frame_timeout_ms == 0 {
-            return bad(
-                "proxy.max_inflight_per_connection and proxy.frame_timeout_ms must be at least 1"
-                    .into(),
-            );
-        }
-        if self.proxy.max_connections == 0 {
-            return bad("proxy.max_connections must be at least 1".into());
-        }
-        if !self.admin.listen.is_empty() {
-            match self.admin.listen.parse::<SocketAddr>() {
-                Err(e) => {
-                    return bad(format!(
-                        "admin.listen {:?} is not an IP:port address ({e})",
-                        self.admin.listen
-                    ))
-                }
-                Ok(addr) if !addr.ip().is_loopback() && self.admin.token.is_none() => {
-                    return bad(format!(
-                        "admin.listen {addr} is not loopback: set admin.token so the endpoint is not open to the network"
-                    ))
-                }
-                Ok(_) => {}
-            }
-        }
-        for (i, rule) in self.rewrite.rule.iter().enumerate() {
-            let n = i + 1;
-            if rule.commands.is_empty() {
-                return bad(format!("rewrite.rule #{n}: `commands` is empty; name the commands it applies to, e.g. [\"aggregate\", \"find\"]"));
-            }
-            if let Some(c) = rule
-                .commands
-                .iter()
-                .find(|c| mongotap_proto::rewrite::never_rewrite(c))
-            {
-                return bad(format!(
-                    "rewrite.rule #{n}: mongotap never rewrites `{c}`; remove it from `commands`"
-                ));
-            }
-            if rule.default_max_time_ms.is_none()
-                && rule.max_time_ms_cap.is_none()
-                && !rule.allow_disk_use
-            {
-                return bad(format!("rewrite.rule #{n} has no action: set default_max_time_ms, max_time_ms_cap or allow_disk_use"));
-            }
-            if rule.commands.iter().any(|c| c == "explain") {
-                return bad(format!("rewrite.rule #{n}: `explain` is matched by the command it explains; name that command (e.g. \"aggregate\") instead"));
-            }
-            // The server rejects a maxTimeMS that does not fit an int32.
-            let too_big = |v: Option<u64>| v.is_some_and(|v| v > i32::MAX as u64);
-            if too_big(rule.default_max_time_ms) || too_big(rule.max_time_ms_cap) {
-                return bad(format!("rewrite.rule #{n}: time limits must be at most 2147483647 ms (the server rejects larger maxTimeMS values)"));
-            }
-            if rule.default_max_time_ms == Some(0) || rule.max_time_ms_cap == Some(0) {
-                return bad(format!("rewrite.rule #{n}: a time limit of 0 means unlimited; use a positive number of milliseconds"));
-            }
-            if let (Some(d), Some(c)) = (rule.default_max_time_ms, rule.max_time_ms_cap) {
-                if d > c {
-                    return bad(format!(
-                        "rewrite.rule #{n}: default_max_time_ms {d} is above max_time_ms_cap {c}"
-                    ));
-                }
-            }
-        }
-        if let Some(up) = &self.tls.upstream {
-            if up.cert.is_some() != up.key.is_some() {
-                return bad("tls.upstream: set both cert and key, or neither".into());
-            }
-        }
-        if !(0.0..=1.0).contains(&self.capture.sample_rate) {
-            return bad(format!(
-                "capture.sample_rate {} must be between 0.0 and 1.0",
-                self.capture.sample_rate
-            ));
-        }
-        if self.capture.max_files == 0 || self.capture.channel_capacity == 0 {
-            return bad("capture.max_files and capture.channel_capacity must be at least 1".into());
-        }
-        if self.watch.stall_ms == 0 {
-            return bad("watch.stall_ms must be at least 1".into());
-        }
-        if self.watch.max_series == 0 {
-            return bad("watch.max_series must be at least 1".into());
-        }
-        self.health.validate()
-    }
 }
 
 #[cfg(test)]
 mod tests;
+mod validate;
+mod wording;

@@ -43,6 +43,15 @@ fn invalid_values_say_what_to_do() {
             .contains("never rewrites")
     );
     assert!(bad("[[rewrite.rule]]\ncommands = [\"find\"]\n").contains("no action"));
+    // Settings a flag also sets name the flag.
+    assert_eq!(
+        bad("[proxy]\nupstream = \"db.internal\"\n"),
+        "invalid config: proxy.upstream (or --upstream) \"db.internal\" must be HOST:PORT, e.g. 127.0.0.1:27017 or db.internal:27017"
+    );
+    assert_eq!(
+        bad("[watch]\nstall_ms = 0\n"),
+        "invalid config: watch.stall_ms (or --stall-ms) must be at least 1"
+    );
 }
 
 #[test]
@@ -74,4 +83,160 @@ fn health_probe_settings_are_checked() {
     assert!(bad("[health]\ntimeout_ms = 0\n").contains("health.timeout_ms"));
     let err = Config::from_toml("[health]\nperiod_ms = 5\n").unwrap_err();
     assert!(err.contains("period_ms"), "{err}");
+}
+
+#[test]
+fn type_errors_name_the_key_line_and_type_in_words() {
+    let err = |t: &str| Config::from_toml(t).unwrap_err();
+    assert_eq!(
+        err("[watch]\nslow_ms = \"x\"\n"),
+        "watch.slow_ms (line 2, column 11): invalid type: string \"x\", expected a non-negative integer"
+    );
+    assert_eq!(
+        err("[proxy]\nlisten = \"127.0.0.1:1\"\nmax_connections = -1\n"),
+        "proxy.max_connections (line 3, column 19): invalid value: integer `-1`, expected a non-negative integer"
+    );
+    assert_eq!(
+        err("[capture]\nenabled = 1\n"),
+        "capture.enabled (line 2, column 11): invalid type: integer `1`, expected true or false"
+    );
+    assert_eq!(
+        err("[capture]\nsample_rate = \"all\"\n"),
+        "capture.sample_rate (line 2, column 15): invalid type: string \"all\", expected a number"
+    );
+    assert_eq!(
+        err("[[rewrite.rule]]\ncommands = \"find\"\n"),
+        "rewrite.rule[0].commands (line 2, column 12): invalid type: string \"find\", expected an array"
+    );
+    assert_eq!(
+        err("[rewrite]\nmode = true\n"),
+        "rewrite.mode (line 2, column 8): expected a string"
+    );
+    assert_eq!(
+        err("proxy = 3\n"),
+        "proxy (line 1, column 9): invalid type: integer `3`, expected a table"
+    );
+    // Syntax errors have no key yet, but keep the position.
+    assert!(
+        err("[watch]\nslow_ms = \n").starts_with("line 2, column 11: "),
+        "{}",
+        err("[watch]\nslow_ms = \n")
+    );
+}
+
+#[test]
+fn serde_names_become_words() {
+    use super::wording::in_words;
+    for (serde, words) in [
+        (
+            "invalid type: string \"x\", expected u64",
+            "invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "invalid type: string \"x\", expected u32",
+            "invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "invalid type: string \"x\", expected usize",
+            "invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "invalid type: string \"x\", expected i64",
+            "invalid type: string \"x\", expected an integer",
+        ),
+        (
+            "invalid type: string \"x\", expected f64",
+            "invalid type: string \"x\", expected a number",
+        ),
+        (
+            "invalid type: integer `1`, expected a boolean",
+            "invalid type: integer `1`, expected true or false",
+        ),
+        (
+            "invalid type: map, expected a string",
+            "invalid type: a table, expected a string",
+        ),
+        (
+            "invalid type: sequence, expected struct WatchConfig",
+            "invalid type: an array, expected a table",
+        ),
+        // Already in words: unchanged.
+        (
+            "unknown variant `on`, expected one of `off`, `dry-run`, `enforce`",
+            "unknown variant `on`, expected one of `off`, `dry-run`, `enforce`",
+        ),
+    ] {
+        assert_eq!(in_words(serde), words);
+    }
+}
+
+#[test]
+fn listen_addresses_may_be_host_names() {
+    let check = |t: &str| Config::from_toml(t).unwrap().validate();
+    for ok in [
+        "[proxy]\nlisten = \"localhost:27018\"\n",
+        "[proxy]\nlisten = \"[::1]:27018\"\n",
+        "[proxy]\nlisten = \"0.0.0.0:0\"\n",
+        // localhost resolves to loopback only: no token needed.
+        "[admin]\nlisten = \"localhost:9477\"\n",
+        "[admin]\nlisten = \"\"\n",
+    ] {
+        check(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let bad = |t: &str| check(t).unwrap_err().to_string();
+    assert_eq!(
+        bad("[proxy]\nlisten = \"localhost\"\n"),
+        "invalid config: proxy.listen (or --listen) \"localhost\" must be HOST:PORT, e.g. 127.0.0.1:27018, [::1]:27018 or localhost:27018"
+    );
+    assert_eq!(
+        bad("[admin]\nlisten = \"localhost:99999\"\n"),
+        "invalid config: admin.listen (or --admin) \"localhost:99999\" must be HOST:PORT, e.g. 127.0.0.1:27018, [::1]:27018 or localhost:27018; the port must be a number from 0 to 65535"
+    );
+    assert!(bad("[proxy]\nlisten = \"::1:27018\"\n").contains("must be HOST:PORT"));
+    assert!(bad("[proxy]\nlisten = \":27018\"\n").contains("must be HOST:PORT"));
+    assert_eq!(
+        bad("[admin]\nlisten = \"0.0.0.0:9477\"\n"),
+        "invalid config: admin.listen \"0.0.0.0:9477\" is not loopback: set admin.token so the endpoint is not open to the network"
+    );
+}
+
+/// What check-config prints is a config file that reads back to the same
+/// settings, with every secret replaced.
+#[test]
+fn printed_toml_reads_back_to_the_same_settings() {
+    let text = "[proxy]\nlisten = \"localhost:27100\"\n[admin]\nlisten = \"0.0.0.0:9477\"\ntoken = \"tok-secret\"\n\
+                [watch]\nslow_ms = 250\n[explain]\nusername = \"u\"\npassword = \"pw-secret\"\n\
+                [capture]\ncontrol_token = \"cap-secret\"\nsample_rate = 0.25\n\
+                [[rewrite.rule]]\ncommands = [\"find\"]\nmax_time_ms_cap = 1000\n";
+    let cfg = Config::from_toml(text).unwrap();
+    cfg.validate().unwrap();
+    let printed = cfg.redacted().to_toml().unwrap();
+    for secret in ["tok-secret", "pw-secret", "cap-secret"] {
+        assert!(!printed.contains(secret), "{printed}");
+    }
+    let back = Config::from_toml(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    back.validate().unwrap();
+    assert_eq!(back.proxy.listen, "localhost:27100");
+    assert_eq!(back.watch.slow_ms, 250);
+    assert_eq!(back.watch.stall_ms, 5_000);
+    assert_eq!(back.capture.sample_rate, 0.25);
+    assert_eq!(back.admin.token.as_deref(), Some("<redacted>"));
+    assert_eq!(back.explain.username.as_deref(), Some("u"));
+    assert_eq!(back.rewrite.rule[0].max_time_ms_cap, Some(1000));
+    assert_eq!(back.rewrite.rule[0].default_max_time_ms, None);
+    // A fixed point: printing what was read back gives the same text.
+    assert_eq!(back.to_toml().unwrap(), printed);
+
+    // The shipped example and the defaults round-trip too.
+    let shipped = Config::from_toml(include_str!("../../config.toml")).unwrap();
+    let printed = shipped.to_toml().unwrap();
+    assert_eq!(
+        Config::from_toml(&printed).unwrap().to_toml().unwrap(),
+        printed
+    );
+    let printed = Config::default().to_toml().unwrap();
+    assert_eq!(
+        Config::from_toml(&printed).unwrap().to_toml().unwrap(),
+        printed
+    );
 }
