@@ -110,6 +110,11 @@ impl ConnInflight {
         self.len.load(Relaxed)
     }
 
+    /// Commands on this connection that are not awaiting by design.
+    pub fn waiting(&self) -> usize {
+        self.lock().values().filter(|p| !p.awaiting).count()
+    }
+
     /// Takes every entry (the connection closed), oldest first.
     pub fn drain(&self) -> Vec<Pending> {
         let mut entries = self.lock();

@@ -63,6 +63,11 @@ impl ConnState {
         self.inflight.len()
     }
 
+    /// Commands really waiting on the server (awaiting ones left out).
+    pub fn waiting(&self) -> usize {
+        self.inflight.waiting()
+    }
+
     /// Waits until fewer than `max` commands are pending.
     pub async fn wait_for_slot(&self, max: usize) {
         loop {
