@@ -6,8 +6,8 @@
 
 use crate::cursors::CursorInfo;
 use crate::meta::ClientMeta;
-use crate::observer::ConnState;
-use crate::session::End;
+use crate::observer::{ConnState, Unmatched};
+use crate::session::{ConnId, End};
 use crate::shared::Shared;
 use crate::tracker::Pending;
 use bson::raw::RawArray;
@@ -185,6 +185,33 @@ pub fn abandoned(p: &Pending, now: Instant) {
         { age_ms, },
         "client closed conn {} with {} pending for {} ms; closing the upstream connection so the server can kill it",
         p.conn, p.summary.command, age_ms
+    );
+}
+
+/// A reply whose responseTo matched no pending request: its ids, its shape
+/// (ok, cursor, error code; never values) and the likely reason.
+pub fn unmatched_reply(
+    id: &ConnId,
+    (request_id, response_to): (i32, i32),
+    reply: &ReplyView<'_>,
+    why: Unmatched,
+) {
+    let code = reply.error_code();
+    debug!(
+        event = "unmatched_reply",
+        conn = id.conn,
+        client = %id.client,
+        request_id,
+        response_to,
+        ok = reply.ok,
+        cursor = reply.cursor_id.is_some(),
+        code,
+        code_name = reply.code_name.unwrap_or_else(|| code.map_or("", code_name)),
+        reason = why.as_str(),
+        explanation = why.explain(),
+        "reply {request_id} on conn {} answers no pending request ({response_to}): {}",
+        id.conn,
+        why.explain()
     );
 }
 

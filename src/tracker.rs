@@ -90,12 +90,13 @@ impl ConnInflight {
     }
 
     /// Adds a pending command. A requestID the client reuses while its
-    /// first command is pending replaces that entry: one reply can answer
-    /// only one of them.
-    pub fn insert(&self, p: Pending) {
+    /// first command is pending replaces that entry, which is returned:
+    /// one reply can answer only one of them.
+    pub fn insert(&self, p: Pending) -> Option<Pending> {
         let mut entries = self.lock();
-        entries.insert(p.request_id, p);
+        let replaced = entries.insert(p.request_id, p);
         self.len.store(entries.len(), Relaxed);
+        replaced
     }
 
     pub fn remove(&self, request_id: i32) -> Option<Pending> {
