@@ -205,9 +205,27 @@ async fn a_drivers_end_sessions_on_ferretdb_is_an_expected_failure() {
             .is_some_and(|h| h.contains("FerretDB")),
         "{event}"
     );
-    // Still counted, once per failure the driver saw.
+    // Still counted, once per failure the driver saw, in /metrics and in
+    // /stats (published when the session closes, so it may lag a little).
     assert_eq!(
         metric(&tap, "mongotap_failed_commands_total"),
         driver.len() as u64
     );
+    let deadline = Instant::now() + T;
+    let row = loop {
+        let (_, body) = tap.admin_get("/stats");
+        let stats: Value = serde_json::from_str(&body).expect("stats json");
+        let row = stats["commands"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["command"] == "endSessions").cloned());
+        if let Some(row) = row {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no endSessions row in /stats: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row["errors"], 1, "{row}");
 }
