@@ -6,8 +6,8 @@
 
 use crate::cursors::CursorInfo;
 use crate::meta::ClientMeta;
-use crate::observer::ConnState;
-use crate::session::End;
+use crate::observer::{ConnState, Unmatched};
+use crate::session::{ConnId, End};
 use crate::shared::Shared;
 use crate::tracker::Pending;
 use bson::raw::RawArray;
@@ -102,21 +102,35 @@ pub fn failed(p: &Pending, reply: &ReplyView<'_>, elapsed: Duration) {
     let code_name = reply
         .code_name
         .unwrap_or_else(|| code.map_or("", code_name));
-    let hint = hint(p, code);
-    command_event!(
-        info,
-        p,
-        "failed",
-        {
-            duration_ms = ms(elapsed),
-            code,
-            code_name,
-            write_errors = reply.write_errors,
-            write_concern_error = reply.write_concern_error.is_some(),
-            hint,
-        },
-        "{} failed with {} {}", p.summary.command, code.unwrap_or(0), code_name
-    );
+    // A failure every session of a well-known client produces says nothing
+    // about the application: it stays counted, but logs below info.
+    let why_expected = code.and_then(|c| expected_failure(&p.summary.command, c));
+    let expected = why_expected.is_some();
+    let hint = why_expected.map(str::to_string).or_else(|| hint(p, code));
+    macro_rules! emit {
+        ($level:ident) => {
+            command_event!(
+                $level,
+                p,
+                "failed",
+                {
+                    duration_ms = ms(elapsed),
+                    code,
+                    code_name,
+                    write_errors = reply.write_errors,
+                    write_concern_error = reply.write_concern_error.is_some(),
+                    expected,
+                    hint,
+                },
+                "{} failed with {} {}", p.summary.command, code.unwrap_or(0), code_name
+            )
+        };
+    }
+    if expected {
+        emit!(debug);
+    } else {
+        emit!(info);
+    }
 }
 
 pub fn slow(p: &Pending, elapsed: Duration, was_stalled: bool) {
@@ -171,6 +185,33 @@ pub fn abandoned(p: &Pending, now: Instant) {
         { age_ms, },
         "client closed conn {} with {} pending for {} ms; closing the upstream connection so the server can kill it",
         p.conn, p.summary.command, age_ms
+    );
+}
+
+/// A reply whose responseTo matched no pending request: its ids, its shape
+/// (ok, cursor, error code; never values) and the likely reason.
+pub fn unmatched_reply(
+    id: &ConnId,
+    (request_id, response_to): (i32, i32),
+    reply: &ReplyView<'_>,
+    why: Unmatched,
+) {
+    let code = reply.error_code();
+    debug!(
+        event = "unmatched_reply",
+        conn = id.conn,
+        client = %id.client,
+        request_id,
+        response_to,
+        ok = reply.ok,
+        cursor = reply.cursor_id.is_some(),
+        code,
+        code_name = reply.code_name.unwrap_or_else(|| code.map_or("", code_name)),
+        reason = why.as_str(),
+        explanation = why.explain(),
+        "reply {request_id} on conn {} answers no pending request ({response_to}): {}",
+        id.conn,
+        why.explain()
     );
 }
 
@@ -230,8 +271,42 @@ pub fn code_name(code: i32) -> &'static str {
         18 => "AuthenticationFailed",
         26 => "NamespaceNotFound",
         59 => "CommandNotFound",
+        72 => "InvalidOptions",
         _ => "",
     }
+}
+
+/// Failures that well-known clients cause on every session, whatever the
+/// application does, with why each is harmless. They are still counted
+/// (`mongotap_failed_commands_total`, `/stats` errors); only their log line
+/// drops to debug, with `expected = true` and the third field, which says
+/// why the failure is harmless, as its `hint`. Matched on command and code
+/// together: the same command failing with another code is news.
+const EXPECTED_FAILURES: &[(&str, i32, &str)] = &[
+    (
+        "atlasVersion",
+        59,
+        "mongosh asks every server whether it is Atlas; other servers do not have the command",
+    ),
+    (
+        "getParameter",
+        72,
+        "mongosh reads server parameters at connect; the server does not have the one it asked for",
+    ),
+    (
+        "endSessions",
+        59,
+        "drivers send endSessions when a client closes; FerretDB does not implement it",
+    ),
+];
+
+/// Why a failure of `command` with `code` is expected, when it is one of
+/// the `EXPECTED_FAILURES`.
+pub fn expected_failure(command: &str, code: i32) -> Option<&'static str> {
+    EXPECTED_FAILURES
+        .iter()
+        .find(|(c, k, _)| *c == command && *k == code)
+        .map(|(_, _, why)| *why)
 }
 
 /// A short diagnosis for the failures of a hanging aggregation.
@@ -262,4 +337,43 @@ fn stall_hint(p: &Pending) -> Option<&'static str> {
         .iter()
         .any(|s| &**s == "$lookup" || &**s == "$graphLookup")
         .then_some("the pipeline has $lookup/$graphLookup: check that the foreign field is indexed and has the same type as the local field")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_failure;
+
+    /// The failures every mongosh session and every driver's close on
+    /// FerretDB produce are recognised, each with its reason.
+    #[test]
+    fn well_known_client_failures_are_expected() {
+        for (command, code, word) in [
+            ("atlasVersion", 59, "Atlas"),
+            ("getParameter", 72, "parameters"),
+            ("endSessions", 59, "endSessions"),
+        ] {
+            let why = expected_failure(command, code)
+                .unwrap_or_else(|| panic!("{command} {code} should be expected"));
+            assert!(why.contains(word), "{command}: {why}");
+        }
+    }
+
+    /// The same commands failing with another code, and other commands
+    /// failing with the same codes, are still news.
+    #[test]
+    fn other_failures_are_not_expected() {
+        for (command, code) in [
+            ("atlasVersion", 13),
+            ("getParameter", 59),
+            ("endSessions", 13),
+            ("endSessions", 72),
+            ("find", 59),
+            ("aggregate", 72),
+            ("aggregate", 50),
+            // Command names are case-sensitive on the wire.
+            ("endsessions", 59),
+        ] {
+            assert_eq!(expected_failure(command, code), None, "{command} {code}");
+        }
+    }
 }

@@ -90,12 +90,13 @@ impl ConnInflight {
     }
 
     /// Adds a pending command. A requestID the client reuses while its
-    /// first command is pending replaces that entry: one reply can answer
-    /// only one of them.
-    pub fn insert(&self, p: Pending) {
+    /// first command is pending replaces that entry, which is returned:
+    /// one reply can answer only one of them.
+    pub fn insert(&self, p: Pending) -> Option<Pending> {
         let mut entries = self.lock();
-        entries.insert(p.request_id, p);
+        let replaced = entries.insert(p.request_id, p);
         self.len.store(entries.len(), Relaxed);
+        replaced
     }
 
     pub fn remove(&self, request_id: i32) -> Option<Pending> {
@@ -108,6 +109,11 @@ impl ConnInflight {
     /// Commands pending on this connection, awaiting ones included.
     pub fn len(&self) -> usize {
         self.len.load(Relaxed)
+    }
+
+    /// Commands on this connection that are not awaiting by design.
+    pub fn waiting(&self) -> usize {
+        self.lock().values().filter(|p| !p.awaiting).count()
     }
 
     /// Takes every entry (the connection closed), oldest first.

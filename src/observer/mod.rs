@@ -42,6 +42,72 @@ pub struct ConnState {
     /// Milliseconds since `opened` of the last frame either way.
     last_frame_ms: AtomicU64,
     opened: Instant,
+    /// The last few requests whose reply would match nothing, and why, to
+    /// name the cause when one is answered anyway.
+    unanswerable: Mutex<RecentIds>,
+}
+
+/// Why a reply's `responseTo` matched no pending request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// The request had moreToCome (a w:0 write): it expects no reply, yet
+    /// some servers (FerretDB) send one.
+    MoreToComeRequest,
+    /// The client reused a requestID while its first command was pending;
+    /// the first reply answered the later command.
+    RequestIdReused,
+    /// Nothing this connection remembers.
+    Unknown,
+}
+
+impl Unmatched {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmatched::MoreToComeRequest => "more_to_come_request",
+            Unmatched::RequestIdReused => "request_id_reused",
+            Unmatched::Unknown => "unknown",
+        }
+    }
+
+    pub fn explain(self) -> &'static str {
+        match self {
+            Unmatched::MoreToComeRequest => {
+                "a reply to a moreToCome (w:0) request, which expects none; FerretDB answers them, MongoDB does not"
+            }
+            Unmatched::RequestIdReused => {
+                "the client reused a requestID while its first command was pending; the first reply answered the later command"
+            }
+            Unmatched::Unknown => {
+                "no request with this id is pending on this connection (the server answered twice, or the request was not seen)"
+            }
+        }
+    }
+}
+
+/// How many unanswerable requestIDs a connection remembers. Servers answer
+/// within a few requests, and a client sending a million w:0 writes must
+/// not grow this.
+const RECENT_IDS: usize = 16;
+
+/// A fixed ring of requestIDs, newest overwriting oldest.
+#[derive(Default)]
+struct RecentIds {
+    ids: [(i32, Option<Unmatched>); RECENT_IDS],
+    next: usize,
+}
+
+impl RecentIds {
+    fn note(&mut self, id: i32, why: Unmatched) {
+        self.ids[self.next] = (id, Some(why));
+        self.next = (self.next + 1) % RECENT_IDS;
+    }
+
+    fn why(&self, id: i32) -> Unmatched {
+        self.ids
+            .iter()
+            .find_map(|&(i, why)| (i == id).then_some(why).flatten())
+            .unwrap_or(Unmatched::Unknown)
+    }
 }
 
 impl ConnState {
@@ -56,11 +122,29 @@ impl ConnState {
             slots: tokio::sync::Notify::new(),
             last_frame_ms: AtomicU64::new(0),
             opened: Instant::now(),
+            unanswerable: Mutex::default(),
         }
+    }
+
+    /// Remembers a request that a reply would not match, and why.
+    fn note_unanswerable(&self, request_id: i32, why: Unmatched) {
+        let mut recent = self.unanswerable.lock().unwrap_or_else(|e| e.into_inner());
+        recent.note(request_id, why);
+    }
+
+    /// Why a reply to `response_to` matched no pending request.
+    fn why_unmatched(&self, response_to: i32) -> Unmatched {
+        let recent = self.unanswerable.lock().unwrap_or_else(|e| e.into_inner());
+        recent.why(response_to)
     }
 
     pub fn pending(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Commands really waiting on the server (awaiting ones left out).
+    pub fn waiting(&self) -> usize {
+        self.inflight.waiting()
     }
 
     /// Waits until fewer than `max` commands are pending.
@@ -178,4 +262,27 @@ pub trait Observe {
     /// Looks at one whole frame. `Ok(Some(bytes))` replaces the frame with
     /// a rewritten one; an error closes the connection.
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RecentIds, Unmatched, RECENT_IDS};
+
+    #[test]
+    fn recent_ids_name_the_reason_and_stay_bounded() {
+        let mut recent = RecentIds::default();
+        assert_eq!(recent.why(0), Unmatched::Unknown, "an empty slot is no id");
+        recent.note(7, Unmatched::MoreToComeRequest);
+        recent.note(8, Unmatched::RequestIdReused);
+        assert_eq!(recent.why(7), Unmatched::MoreToComeRequest);
+        assert_eq!(recent.why(8), Unmatched::RequestIdReused);
+        assert_eq!(recent.why(9), Unmatched::Unknown);
+        // A long run of w:0 writes overwrites the oldest ids.
+        for id in 100..100 + RECENT_IDS as i32 {
+            recent.note(id, Unmatched::MoreToComeRequest);
+        }
+        assert_eq!(recent.why(7), Unmatched::Unknown);
+        assert_eq!(recent.why(100), Unmatched::MoreToComeRequest);
+        assert_eq!(recent.ids.len(), RECENT_IDS);
+    }
 }

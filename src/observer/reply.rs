@@ -35,6 +35,10 @@ impl<'a> ReplyObserver<'a> {
         let conn = self.conn.id.conn;
         let Some(mut p) = self.conn.inflight.remove(response_to) else {
             shared.counters.unmatched_replies.fetch_add(1, Relaxed);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let why = self.conn.why_unmatched(response_to);
+                events::unmatched_reply(&self.conn.id, (request_id, response_to), reply, why);
+            }
             self.conn.capture(frame, Direction::ToClient, None);
             return;
         };

@@ -56,6 +56,8 @@ impl<'a> RequestObserver<'a> {
         if !expects_reply {
             // moreToCome on a request: w:0 writes. No reply will come.
             shared.counters.fire_and_forget.fetch_add(1, Relaxed);
+            self.conn
+                .note_unanswerable(request_id, super::Unmatched::MoreToComeRequest);
             return;
         }
         if !shared.config.watch.track {
@@ -79,7 +81,7 @@ impl<'a> RequestObserver<'a> {
         let comment = view
             .comment
             .and_then(|c| render_comment(c, shared.config.watch.log_values));
-        self.conn.inflight.insert(Pending {
+        let replaced = self.conn.inflight.insert(Pending {
             conn: self.conn.id.conn,
             request_id,
             client: self.conn.id.client,
@@ -105,6 +107,10 @@ impl<'a> RequestObserver<'a> {
             explained: false,
             capture,
         });
+        if replaced.is_some() {
+            self.conn
+                .note_unanswerable(request_id, super::Unmatched::RequestIdReused);
+        }
         if shared.config.watch.command_log {
             events::started(self.conn, request_id, view, &self.meta);
         }

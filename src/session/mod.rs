@@ -4,7 +4,11 @@
 //! Forwarding never copies: the bytes of every complete frame in a read are
 //! split off the read buffer as one `Bytes` and written as they are.
 
+mod end;
 mod gate;
+
+use end::report_end;
+pub use end::End;
 
 use crate::error::{SessionError, Side};
 use crate::observer::{ConnState, Observe, ReplyObserver, RequestObserver};
@@ -18,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 /// Read buffer sizing: most commands and replies are small; a large frame
 /// reserves exactly what its (validated) header claims.
@@ -180,8 +184,9 @@ pub async fn run(
             }
         }
     };
+    let (end, reset) = end.settle(conn_state.waiting());
     conn_state.finish(&end);
-    report_end(&shared, &id, &end);
+    report_end(&shared, &id, &end, reset);
 }
 
 /// What the session's control branch reports.
@@ -208,58 +213,6 @@ async fn control(
         _ = drain.cancelled(), if !draining => Control::Drain,
         _ = flush.tick() => Control::Tick,
         _ = tokio::time::sleep(Duration::from_millis(5)), if draining => Control::DrainCheck,
-    }
-}
-
-/// How a session ended.
-pub enum End {
-    /// That side closed its connection cleanly.
-    Closed(Side),
-    Failed(SessionError),
-    Shutdown,
-}
-
-impl End {
-    fn new(side: Side, r: Result<(), SessionError>) -> End {
-        match r {
-            Ok(()) => End::Closed(side),
-            Err(e) => End::Failed(e),
-        }
-    }
-}
-
-fn report_end(shared: &Shared, id: &ConnId, end: &End) {
-    match end {
-        End::Closed(side) => {
-            debug!(conn = id.conn, client = %id.client, closed_by = %side, "connection closed")
-        }
-        End::Shutdown => {
-            debug!(conn = id.conn, client = %id.client, "connection closed for shutdown")
-        }
-        // Malformed or abusive input from either side: one event, one counter.
-        End::Failed(
-            e @ (SessionError::FrameTimeout { side, .. } | SessionError::Decode { side, .. }),
-        ) => {
-            shared
-                .counters
-                .decode_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let reason = match e {
-                SessionError::Decode { source, .. } => source.to_string(),
-                other => other.to_string(),
-            };
-            warn!(
-                event = "decode_error",
-                conn = id.conn,
-                client = %id.client,
-                side = %side,
-                reason = %reason,
-                "closing connection: {side} sent a malformed frame: {reason}"
-            );
-        }
-        End::Failed(e) => {
-            info!(conn = id.conn, client = %id.client, error = %e, "connection failed")
-        }
     }
 }
 
