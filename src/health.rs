@@ -6,7 +6,6 @@
 
 use crate::shared::Shared;
 use crate::upstream_client::{ClientError, UpstreamClient};
-use bson::rawdoc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -192,8 +191,7 @@ async fn probe(
 ) -> Result<(), ClientError> {
     let addr = &shared.config.proxy.upstream;
     if let Some(c) = conn.as_mut() {
-        let hello = rawdoc! { "hello": 1, "$db": "admin" };
-        match tokio::time::timeout(timeout, c.command(&hello)).await {
+        match tokio::time::timeout(timeout, c.hello()).await {
             Ok(Ok(_)) => return Ok(()),
             // A server too slow to answer is down; waiting again for a new
             // connection would only double the time to say so.
