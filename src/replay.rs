@@ -15,7 +15,6 @@
 //!   streams are read to their last reply.
 //! - `--config FILE` applies that file's rewrite rules (enforce mode).
 
-mod auth;
 mod conn;
 mod cursors;
 mod plan;
@@ -23,11 +22,9 @@ mod report;
 
 use crate::config::Config;
 use crate::rewrite::Policy;
-use bson::rawdoc;
-use conn::Conn;
+use crate::upstream_client::{ClientError, UpstreamClient};
 use cursors::{remap, Cursors, Remapped};
 use indicatif::{ProgressBar, ProgressStyle};
-use mongotap_proto::{op_msg, DecodeError};
 use plan::{ConnPlan, Op, Plan};
 use report::{ConnResult, Outcome, Report};
 use std::path::PathBuf;
@@ -35,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::net::TcpStream;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -91,32 +87,10 @@ pub enum ReplayError {
     Credentials,
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("cannot connect to target {target}: {source}")]
-    Connect {
-        target: String,
-        source: std::io::Error,
-    },
-    #[error("connection to target {target} failed: {source}")]
-    Io {
-        target: String,
-        source: std::io::Error,
-    },
-    #[error("target {target} closed the connection")]
-    Closed { target: String },
-    #[error("no reply from target {target} within {ms} ms")]
-    Timeout { target: String, ms: u64 },
-    #[error("target {target} sent a malformed reply: {source}")]
-    Decode { target: String, source: DecodeError },
-    #[error("target {target} sent an unexpected reply: {what}")]
-    Unexpected { target: String, what: String },
-    #[error("login to target {target} failed: {reason}")]
-    Auth { target: String, reason: String },
-    #[error("{command} failed on target {target}: {reason}")]
-    Handshake {
-        target: String,
-        command: &'static str,
-        reason: String,
-    },
+    /// Talking to the target: connecting, the handshake, the login, or a
+    /// reply.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("every connection to target {target} failed; the first: {first}")]
     AllFailed { target: String, first: String },
     #[error("cannot write the report {path}: {source}")]
@@ -325,7 +299,8 @@ async fn run_conn(cp: &ConnPlan, shared: &Shared) -> ConnResult {
     if let Some(first) = cp.ops.first() {
         wait_until(shared, first.at_ns).await;
     }
-    let mut conn = match open(shared).await {
+    let s = &shared.settings;
+    let mut client = match conn::open(&s.target, s.creds.as_ref(), s.reply_timeout).await {
         Ok(c) => c,
         Err(e) => {
             let why = e.to_string();
@@ -337,7 +312,7 @@ async fn run_conn(cp: &ConnPlan, shared: &Shared) -> ConnResult {
     result.opened = true;
     for (i, op) in cp.ops.iter().enumerate() {
         wait_until(shared, op.at_ns).await;
-        match one(&mut conn, cp.conn, op, shared).await {
+        match one(&mut client, cp.conn, op, shared).await {
             Ok(out) => {
                 if out.error {
                     shared.errors.fetch_add(1, Relaxed);
@@ -387,46 +362,9 @@ async fn wait_until(shared: &Shared, at_ns: u64) {
     tokio::time::sleep_until(due).await;
 }
 
-/// Connects, says hello, and logs in when credentials were given.
-async fn open(shared: &Shared) -> Result<Conn, ReplayError> {
-    let s = &shared.settings;
-    let tcp = TcpStream::connect(&s.target)
-        .await
-        .map_err(|source| ReplayError::Connect {
-            target: s.target.clone(),
-            source,
-        })?;
-    if let Some(c) = &s.creds {
-        // The login's own hello is the handshake.
-        let tcp = auth::login(tcp, &s.target, c, s.reply_timeout).await?;
-        return Ok(Conn::new(tcp, &s.target));
-    }
-    let mut conn = Conn::new(tcp, &s.target);
-    let hello = rawdoc! {
-        "hello": 1,
-        "client": {
-            "application": { "name": "mongotap-replay" },
-            "driver": { "name": "mongotap", "version": env!("CARGO_PKG_VERSION") },
-            "os": { "type": std::env::consts::OS },
-        },
-        "$db": "admin",
-    };
-    let mut frame = op_msg::encode(0, 0, 0, &hello, &[]);
-    let id = conn.send(&mut frame).await?;
-    let reply = conn.reply(id, s.reply_timeout).await?;
-    if reply.error {
-        return Err(ReplayError::Handshake {
-            target: s.target.clone(),
-            command: "hello",
-            reason: reply.code_name.unwrap_or_else(|| "error".into()),
-        });
-    }
-    Ok(conn)
-}
-
 /// Sends one request (cursor ids mapped) and reads its reply.
 async fn one(
-    conn: &mut Conn,
+    client: &mut UpstreamClient,
     captured_conn: u64,
     op: &Op,
     shared: &Shared,
@@ -442,11 +380,11 @@ async fn one(
         }
     };
     let sent = Instant::now();
-    let id = conn.send(&mut frame).await?;
+    client.send_frame(&mut frame).await?;
     if op.fire_and_forget {
         return Ok(Outcome::default());
     }
-    let reply = conn.reply(id, shared.settings.reply_timeout).await?;
+    let reply = conn::reply(client, &op.command, shared.settings.reply_timeout).await?;
     let latency_ns = sent.elapsed().as_nanos() as u64;
     // Learn the live cursor behind the captured one.
     if let Some(captured) = op.captured.cursor_id.filter(|&c| c != 0) {

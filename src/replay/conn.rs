@@ -1,15 +1,17 @@
-//! One live connection of a replay: raw OP_MSG frames out, replies read to
-//! the end of their moreToCome stream. Replies that answer nothing replay
-//! waits for (FerretDB answers w:0 writes although it should not) are read
-//! and dropped.
+//! One live connection of a replay, on mongotap's own client: it says
+//! hello, logs in, sends captured frames under fresh request ids, and reads
+//! each reply to the end of its moreToCome stream. Replies that answer
+//! nothing replay waits for (FerretDB answers w:0 writes although it should
+//! not) are dropped by the client.
 
-use super::ReplayError;
-use crate::inspect::{with_message, Message};
-use bytes::BytesMut;
-use mongotap_proto::{ReplyView, MAX_MESSAGE_LEN};
+use super::{Credentials, ReplayError};
+use crate::upstream_client::{ClientError, UpstreamClient};
+use mongotap_proto::ReplyView;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+/// The application name in replay's handshakes: the target's logs and
+/// `$currentOp` show these connections as a replay's.
+const APP: &str = "mongotap-replay";
 
 /// What the live server answered to one request.
 #[derive(Debug, Default)]
@@ -24,133 +26,74 @@ pub struct Reply {
     pub cursor_id: Option<i64>,
 }
 
-pub struct Conn {
-    stream: TcpStream,
-    /// Bytes read past the last whole frame.
-    buf: BytesMut,
-    next_request_id: i32,
-    target: String,
+/// Connects, says hello, and logs in when credentials are given. Each
+/// step is bounded by `timeout`.
+pub async fn open(
+    target: &str,
+    creds: Option<&Credentials>,
+    timeout: Duration,
+) -> Result<UpstreamClient, ReplayError> {
+    let mut client = UpstreamClient::connect_as(target, timeout, None, APP).await?;
+    if let Some(c) = creds {
+        tokio::time::timeout(
+            timeout,
+            client.auth_scram_sha256(&c.username, &c.password, &c.db),
+        )
+        .await
+        .map_err(|_| timed_out(target, "the SCRAM-SHA-256 login", timeout))??;
+    }
+    Ok(client)
 }
 
-impl Conn {
-    pub fn new(stream: TcpStream, target: &str) -> Conn {
-        let _ = stream.set_nodelay(true);
-        Conn {
-            stream,
-            buf: BytesMut::with_capacity(16 * 1024),
-            next_request_id: 1,
-            target: target.to_string(),
-        }
-    }
-
-    fn io(&self, source: std::io::Error) -> ReplayError {
-        ReplayError::Io {
-            target: self.target.clone(),
+/// Reads the reply to the request just sent (`command`, for errors),
+/// following moreToCome to the last reply of the stream. Gives up after
+/// `timeout` without a reply.
+pub async fn reply(
+    client: &mut UpstreamClient,
+    command: &str,
+    timeout: Duration,
+) -> Result<Reply, ReplayError> {
+    let mut out = Reply::default();
+    loop {
+        // A timeout drops the read, which the client survives; the replay
+        // of this connection stops on the error anyway.
+        let next = tokio::time::timeout(timeout, client.read_reply(summary))
+            .await
+            .map_err(|_| timed_out(client.addr(), command, timeout))??;
+        let Some(one) = next else {
+            return Ok(out);
+        };
+        let one = one.value.map_err(|source| ClientError::Decode {
+            addr: client.addr().to_string(),
             source,
+        })?;
+        out.docs += one.docs;
+        if one.error && !out.error {
+            out.error = true;
+            out.code = one.code;
+            out.code_name = one.code_name;
         }
-    }
-
-    /// Sends `frame` (an encoded OP_MSG) under a fresh request id, which it
-    /// returns.
-    pub async fn send(&mut self, frame: &mut [u8]) -> Result<i32, ReplayError> {
-        let id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-        frame[4..8].copy_from_slice(&id.to_le_bytes());
-        frame[8..12].copy_from_slice(&0i32.to_le_bytes());
-        self.stream.write_all(frame).await.map_err(|e| self.io(e))?;
-        Ok(id)
-    }
-
-    /// Reads the reply to `request_id`, following moreToCome to the last
-    /// reply of the stream. Gives up after `timeout` without a frame.
-    pub async fn reply(
-        &mut self,
-        request_id: i32,
-        timeout: Duration,
-    ) -> Result<Reply, ReplayError> {
-        let mut want = request_id;
-        let mut out = Reply::default();
-        loop {
-            let frame = self.frame(timeout).await?;
-            let Some(header) = mongotap_proto::Header::parse(&frame) else {
-                continue;
-            };
-            if header.response_to != want {
-                // A stray reply (e.g. to a w:0 write): nobody waits for it.
-                continue;
-            }
-            let parsed = with_message(&frame, MAX_MESSAGE_LEN, |_, _, m| match m {
-                Message::Msg(msg) => ReplyView::parse(msg.body)
-                    .map(|v| (summary(&v), msg.more_to_come()))
-                    .ok(),
-                Message::Reply(r) => r
-                    .first()
-                    .and_then(|d| ReplyView::parse(d).ok())
-                    .map(|v| (summary(&v), false)),
-                _ => None,
-            })
-            .map_err(|source| ReplayError::Decode {
-                target: self.target.clone(),
-                source,
-            })?;
-            let Some((one, more)) = parsed else {
-                return Err(ReplayError::Unexpected {
-                    target: self.target.clone(),
-                    what: format!("opcode {:?} in reply to request {want}", header.op_code),
-                });
-            };
-            out.docs += one.docs;
-            if one.error && !out.error {
-                out.error = true;
-                out.code = one.code;
-                out.code_name = one.code_name;
-            }
-            if one.cursor_id.is_some() {
-                out.cursor_id = one.cursor_id;
-            }
-            if !more {
-                return Ok(out);
-            }
-            want = header.request_id;
-        }
-    }
-
-    /// One whole frame.
-    async fn frame(&mut self, timeout: Duration) -> Result<bytes::Bytes, ReplayError> {
-        loop {
-            let decoded =
-                mongotap_proto::decode(&mut self.buf, MAX_MESSAGE_LEN).map_err(|source| {
-                    ReplayError::Decode {
-                        target: self.target.clone(),
-                        source,
-                    }
-                })?;
-            if let Some(frame) = decoded {
-                return Ok(frame.bytes);
-            }
-            // Cancel-safe: read_buf appends to self.buf only what it read.
-            let n = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.buf))
-                .await
-                .map_err(|_| ReplayError::Timeout {
-                    target: self.target.clone(),
-                    ms: timeout.as_millis() as u64,
-                })?
-                .map_err(|e| self.io(e))?;
-            if n == 0 {
-                return Err(ReplayError::Closed {
-                    target: self.target.clone(),
-                });
-            }
+        if one.cursor_id.is_some() {
+            out.cursor_id = one.cursor_id;
         }
     }
 }
 
-fn summary(v: &ReplyView<'_>) -> Reply {
-    Reply {
+fn timed_out(target: &str, command: &str, timeout: Duration) -> ClientError {
+    ClientError::Timeout {
+        addr: target.to_string(),
+        command: command.to_string(),
+        ms: timeout.as_millis() as u64,
+    }
+}
+
+fn summary(doc: &bson::RawDocument) -> Result<Reply, mongotap_proto::DecodeError> {
+    let v = ReplyView::parse(doc)?;
+    Ok(Reply {
         docs: v.batch_len() as u64,
         error: v.is_error(),
         code: v.error_code(),
         code_name: v.code_name.map(str::to_string),
         cursor_id: v.cursor_id,
-    }
+    })
 }
