@@ -110,6 +110,8 @@ impl UpstreamClient {
             // A reply to an earlier request of ours answers a moreToCome
             // request (FerretDB answers w:0 writes, which it should not):
             // nobody waits for it. Anything else is a server out of step.
+            // (Ids wrap to 1 after 2^31 requests; a stray that old is then
+            // refused, which only ends that connection.)
             if !(to > 0 && to < self.last_request_id) {
                 return Err(
                     self.unexpected(format!("responseTo {to} does not match request {want}"))
