@@ -66,7 +66,8 @@ pub struct ReplayArgs {
     /// Database the user is defined in.
     #[arg(long, default_value = "admin")]
     auth_db: String,
-    /// Give up on a reply after this long; the connection then stops.
+    /// Give up on connecting, logging in or a reply after this long (each);
+    /// the connection then stops.
     #[arg(long, default_value_t = 60_000)]
     reply_timeout_ms: u64,
 }
