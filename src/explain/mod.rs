@@ -13,8 +13,9 @@
 
 use crate::config::ExplainConfig;
 use crate::meta::{ClientMeta, CommandSummary};
+use crate::reload::Settings;
 use crate::tracker::Pending;
-use crate::upstream_client::{ClientError, TlsUpstream, UpstreamClient};
+use crate::upstream_client::{ClientError, UpstreamClient};
 use bson::raw::cstr;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use dashmap::mapref::entry::Entry;
@@ -123,8 +124,10 @@ struct Inner {
     cfg: ExplainConfig,
     /// The address the proxy forwards to: explains go to the same server.
     upstream: String,
-    /// Set when the proxy speaks TLS to the upstream.
-    tls: Option<TlsUpstream>,
+    /// The proxy's reloadable settings: each explain connects with the TLS
+    /// connector in force when it starts, so certificates reloaded on
+    /// SIGHUP apply to explains as they do to new sessions.
+    settings: Settings,
     /// Off: every string in the server's answer is replaced by "?".
     log_values: bool,
     /// When each (db, collection, shape) was last explained.
@@ -207,12 +210,17 @@ impl Inner {
 }
 
 impl Explainer {
-    pub fn new(cfg: &ExplainConfig, upstream: &str, log_values: bool) -> Explainer {
+    pub fn new(
+        cfg: &ExplainConfig,
+        upstream: &str,
+        log_values: bool,
+        settings: Settings,
+    ) -> Explainer {
         let inner = cfg.enabled.then(|| {
             Arc::new(Inner {
                 cfg: cfg.clone(),
                 upstream: upstream.to_string(),
-                tls: None,
+                settings,
                 log_values,
                 last: DashMap::new(),
                 running: AtomicUsize::new(0),
@@ -220,15 +228,6 @@ impl Explainer {
             })
         });
         Explainer { inner }
-    }
-
-    /// Explains connect with this TLS connector (the proxy's own for the
-    /// upstream), when the upstream speaks TLS.
-    pub fn with_tls(mut self, tls: Option<TlsUpstream>) -> Explainer {
-        if let Some(inner) = self.inner.as_mut().and_then(Arc::get_mut) {
-            inner.tls = tls;
-        }
-        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -326,8 +325,9 @@ async fn run(slot: Slot, job: Job) {
 
 async fn explain(inner: &Inner, job: &Job) -> Result<RawDocumentBuf, ExplainError> {
     let command = explain_command(&job.body, &job.summary.db, inner.cfg.max_time_ms)?;
-    let mut client =
-        UpstreamClient::connect(&inner.upstream, CONNECT_TIMEOUT, inner.tls.as_ref()).await?;
+    let settings = inner.settings.load_full();
+    let tls = settings.tls.connector.as_ref();
+    let mut client = UpstreamClient::connect(&inner.upstream, CONNECT_TIMEOUT, tls).await?;
     match (&inner.cfg.username, &inner.cfg.password) {
         (Some(user), Some(password)) => {
             tokio::time::timeout(

@@ -181,7 +181,8 @@ impl RequestObserver<'_> {
     /// would have applied to, so an operator can see what passed untouched.
     fn note_legacy_rewrite(&self, view: &CommandView<'_>, db: &str) {
         let shared = &self.conn.shared;
-        let policy = shared.policy.load();
+        let settings = shared.settings.load();
+        let policy = &settings.policy;
         let collection = view.collection().unwrap_or("");
         let rule = policy.matching(view.name, db, collection, &self.meta.app);
         if rule.is_some() && !rewrite::never_rewrite(view.name) {
@@ -203,7 +204,8 @@ impl RequestObserver<'_> {
         view: &CommandView<'_>,
     ) -> Result<Option<(Vec<u8>, Changes)>, DecodeError> {
         let shared = &self.conn.shared;
-        let policy = shared.policy.load();
+        let settings = shared.settings.load();
+        let policy = &settings.policy;
         let db = view.db.unwrap_or("");
         let collection = view.collection().unwrap_or("");
         // `{explain: {aggregate: ...}}` is governed by the rule for the
