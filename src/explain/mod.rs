@@ -12,16 +12,14 @@
 //! pipeline shape per `interval_ms`.
 
 use crate::config::ExplainConfig;
-use crate::meta::{ClientMeta, CommandSummary};
 use crate::reload::Settings;
-use crate::tracker::Pending;
+use crate::tracker::RequestFacts;
 use crate::upstream_client::{ClientError, UpstreamClient};
 use bson::raw::cstr;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use mongotap_proto::CommandView;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,12 +138,8 @@ struct Inner {
 
 /// What an explain task needs from the pending command.
 struct Job {
-    conn: u64,
     request_id: i32,
-    client: SocketAddr,
-    meta: Arc<ClientMeta>,
-    summary: Arc<CommandSummary>,
-    comment: Option<Arc<str>>,
+    facts: RequestFacts,
     body: Arc<RawDocumentBuf>,
     /// How long the aggregate had run when the explain was started.
     elapsed: Duration,
@@ -251,9 +245,9 @@ impl Explainer {
         Some(Arc::new(view.doc.to_owned()))
     }
 
-    /// Starts an explain for `p` when it is due and not rate limited. Never
-    /// blocks: the explain runs in its own task.
-    pub fn maybe_explain(&self, p: &Pending, elapsed: Duration) {
+    /// Starts an explain for the command `request_id` when it is due and
+    /// not rate limited. Never blocks: the explain runs in its own task.
+    pub fn maybe_explain(&self, request_id: i32, p: &RequestFacts, elapsed: Duration) {
         let Some(inner) = &self.inner else { return };
         let Some(body) = &p.explain_body else { return };
         if elapsed < Duration::from_millis(inner.cfg.after_ms) {
@@ -271,7 +265,7 @@ impl Explainer {
                 debug!(
                     event = "explain_dropped",
                     conn = p.conn,
-                    request_id = p.request_id,
+                    request_id,
                     db = &*p.summary.db,
                     collection = &*p.summary.collection,
                     stages = &*p.summary.shape,
@@ -288,12 +282,8 @@ impl Explainer {
             return;
         };
         let job = Job {
-            conn: p.conn,
-            request_id: p.request_id,
-            client: p.client,
-            meta: p.meta.clone(),
-            summary: p.summary.clone(),
-            comment: p.comment.clone(),
+            request_id,
+            facts: p.clone(),
             body: body.clone(),
             elapsed,
         };
@@ -324,7 +314,7 @@ async fn run(slot: Slot, job: Job) {
 }
 
 async fn explain(inner: &Inner, job: &Job) -> Result<RawDocumentBuf, ExplainError> {
-    let command = explain_command(&job.body, &job.summary.db, inner.cfg.max_time_ms)?;
+    let command = explain_command(&job.body, &job.facts.summary.db, inner.cfg.max_time_ms)?;
     let settings = inner.settings.load_full();
     let tls = settings.tls.connector.as_ref();
     let mut client = UpstreamClient::connect(&inner.upstream, CONNECT_TIMEOUT, tls).await?;
@@ -388,19 +378,19 @@ pub fn explain_command(
 fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
     let stage_stats = stage_stats(reply);
     let (explain, explain_truncated) = render_explain(reply, inner.log_values);
-    let p = &job.summary;
+    let (f, p) = (&job.facts, &job.facts.summary);
     info!(
         event = "explained",
-        conn = job.conn,
+        conn = f.conn,
         request_id = job.request_id,
-        client = %job.client,
-        app = &*job.meta.app,
-        driver = %job.meta.driver_label(),
+        client = %f.client,
+        app = &*f.meta.app,
+        driver = %f.meta.driver_label(),
         command = &*p.command,
         db = &*p.db,
         collection = &*p.collection,
         stages = &*p.shape,
-        comment = job.comment.as_deref(),
+        comment = f.comment.as_deref(),
         elapsed_ms = job.elapsed.as_millis() as u64,
         explain_ms,
         stage_stats = stage_stats.as_deref(),
@@ -416,19 +406,19 @@ fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
 }
 
 fn explain_failed(job: &Job, e: &ExplainError, explain_ms: u64) {
-    let p = &job.summary;
+    let (f, p) = (&job.facts, &job.facts.summary);
     warn!(
         event = "explain_failed",
-        conn = job.conn,
+        conn = f.conn,
         request_id = job.request_id,
-        client = %job.client,
-        app = &*job.meta.app,
-        driver = %job.meta.driver_label(),
+        client = %f.client,
+        app = &*f.meta.app,
+        driver = %f.meta.driver_label(),
         command = &*p.command,
         db = &*p.db,
         collection = &*p.collection,
         stages = &*p.shape,
-        comment = job.comment.as_deref(),
+        comment = f.comment.as_deref(),
         elapsed_ms = job.elapsed.as_millis() as u64,
         explain_ms,
         code = e.code(),

@@ -230,7 +230,7 @@ impl ConnState {
             );
             let now = Instant::now();
             for p in self.inflight.drain() {
-                if p.awaiting {
+                if p.facts().awaiting {
                     continue;
                 }
                 if client_went_first {

@@ -5,7 +5,7 @@ use super::{ConnState, Observe};
 use crate::cursors::CursorInfo;
 use crate::events;
 use crate::inspect::{with_message, Message};
-use crate::tracker::Pending;
+use crate::tracker::RequestFacts;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::{DecodeError, ReplyView};
 use std::sync::atomic::Ordering::Relaxed;
@@ -59,22 +59,30 @@ impl<'a> ReplyObserver<'a> {
             return;
         }
         self.conn.slots.notify_one();
-        let elapsed = now.saturating_duration_since(p.started);
-        self.track_cursor(&p, reply, now);
+        let facts = p.facts();
+        let elapsed = now.saturating_duration_since(facts.started);
+        self.track_cursor(facts, reply, now);
         if let Some(hosts) = reply.hosts {
             events::warn_replica_set_hosts(shared, hosts);
         }
         if let Some(wire) = reply.max_wire_version {
-            crate::compat::check(shared, &p.meta, wire);
+            crate::compat::check(shared, &facts.meta, wire);
         }
-        if p.awaiting {
+        if facts.awaiting {
             return;
         }
         let error = reply.is_error();
         let micros = elapsed.as_micros() as u64;
         {
             let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
-            samples.push(&p.summary, &p.meta, micros, error, now, &shared.stats);
+            samples.push(
+                &facts.summary,
+                &facts.meta,
+                micros,
+                error,
+                now,
+                &shared.stats,
+            );
         }
         if error {
             shared.counters.failed.fetch_add(1, Relaxed);
@@ -82,16 +90,18 @@ impl<'a> ReplyObserver<'a> {
         } else if shared.config.watch.command_log {
             events::succeeded(&p, elapsed);
         }
-        if !p.explained {
-            shared.explainer.maybe_explain(&p, elapsed);
+        // The watchdog's notes, final now that the entry is out of the table.
+        if !p.watch().explained() {
+            shared.explainer.maybe_explain(p.request_id, facts, elapsed);
         }
+        let was_stalled = p.watch().stall_reports() > 0;
         let slow_ms = shared.config.watch.slow_ms;
-        if elapsed.as_millis() as u64 >= slow_ms || p.stall_reports > 0 {
-            events::slow(&p, elapsed, p.stall_reports > 0);
+        if elapsed.as_millis() as u64 >= slow_ms || was_stalled {
+            events::slow(&p, elapsed, was_stalled);
         }
     }
 
-    fn track_cursor(&self, p: &Pending, reply: &ReplyView<'_>, now: Instant) {
+    fn track_cursor(&self, p: &RequestFacts, reply: &ReplyView<'_>, now: Instant) {
         let cursors = &self.conn.shared.cursors;
         match &*p.summary.command {
             "find" | "aggregate" => {

@@ -6,7 +6,7 @@ use crate::config::RewriteMode;
 use crate::events;
 use crate::inspect::{with_message, Message};
 use crate::meta::{ClientMeta, SummaryCache};
-use crate::tracker::Pending;
+use crate::tracker::{Pending, RequestFacts};
 use bson::raw::RawBsonRef;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::op_compressed::{self, Compressor};
@@ -81,9 +81,8 @@ impl<'a> RequestObserver<'a> {
         let comment = view
             .comment
             .and_then(|c| render_comment(c, shared.config.watch.log_values));
-        let replaced = self.conn.inflight.insert(Pending {
+        let facts = RequestFacts {
             conn: self.conn.id.conn,
-            request_id,
             client: self.conn.id.client,
             meta: self.meta.clone(),
             summary,
@@ -101,12 +100,12 @@ impl<'a> RequestObserver<'a> {
                         .collect()
                 })
                 .unwrap_or_default(),
-            stall_reports: 0,
             injected_max_time,
             explain_body: shared.explainer.body_for(view),
-            explained: false,
-            capture,
-        });
+        };
+        let mut pending = Pending::new(request_id, facts);
+        pending.capture = capture;
+        let replaced = self.conn.inflight.insert(pending);
         if replaced.is_some() {
             self.conn
                 .note_unanswerable(request_id, super::Unmatched::RequestIdReused);
