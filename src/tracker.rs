@@ -95,8 +95,6 @@ pub struct Pending {
     pub request_id: i32,
     facts: RequestFacts,
     watch: WatchState,
-    /// Captured: `Some(redacted)`; its replies follow the same decision.
-    pub capture: Option<bool>,
 }
 
 impl Pending {
@@ -105,7 +103,6 @@ impl Pending {
             request_id,
             facts,
             watch: WatchState::default(),
-            capture: None,
         }
     }
 

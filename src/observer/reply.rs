@@ -29,27 +29,35 @@ impl<'a> ReplyObserver<'a> {
         now: Instant,
     ) {
         let shared = &self.conn.shared;
-        if !shared.config.watch.track {
+        let tracked = shared.config.watch.track;
+        let pending = if tracked {
+            self.conn.inflight.remove(response_to)
+        } else {
+            None
+        };
+        // Capture keeps its own record of what it captured, so replies are
+        // captured the same with tracking off. Whether a reply answers no
+        // request at all, the tracker knows; without it, only a w:0 write
+        // is known to expect nothing.
+        self.conn
+            .capture_reply(frame, (request_id, response_to), more, || {
+                if tracked {
+                    pending.is_none()
+                } else {
+                    self.conn.why_unmatched(response_to) == super::Unmatched::MoreToComeRequest
+                }
+            });
+        if !tracked {
             return;
         }
-        let conn = self.conn.id.conn;
-        let Some(mut p) = self.conn.inflight.remove(response_to) else {
+        let Some(mut p) = pending else {
             shared.counters.unmatched_replies.fetch_add(1, Relaxed);
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let why = self.conn.why_unmatched(response_to);
                 events::unmatched_reply(&self.conn.id, (request_id, response_to), reply, why);
             }
-            self.conn.capture(frame, Direction::ToClient, None);
             return;
         };
-        if let Some(redact) = p.capture {
-            if self.conn.captured && shared.capture.is_on() {
-                let client = &self.conn.client_label;
-                shared
-                    .capture
-                    .record(conn, client, Direction::ToClient, frame, redact);
-            }
-        }
         if more {
             // Exhaust cursor or streaming hello: the next reply answers
             // this one. The command stays open until a reply without

@@ -44,7 +44,6 @@ impl<'a> RequestObserver<'a> {
         expects_reply: bool,
         db_fallback: &str,
         changes: &[FieldChange],
-        capture: Option<bool>,
     ) {
         let shared = &self.conn.shared;
         if !self.handshake_seen && view.is_hello() {
@@ -103,9 +102,7 @@ impl<'a> RequestObserver<'a> {
             injected_max_time,
             explain_body: shared.explainer.body_for(view),
         };
-        let mut pending = Pending::new(request_id, facts);
-        pending.capture = capture;
-        let replaced = self.conn.inflight.insert(pending);
+        let replaced = self.conn.inflight.insert(Pending::new(request_id, facts));
         if replaced.is_some() {
             self.conn
                 .note_unanswerable(request_id, super::Unmatched::RequestIdReused);
@@ -144,18 +141,21 @@ impl Observe for RequestObserver<'_> {
         with_message(frame, limit, |header, compressor, message| match message {
             Message::Msg(msg) => {
                 let view = CommandView::parse(msg.body)?;
-                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                let more = msg.more_to_come();
+                // The frame as the client sent it, before any rewrite.
+                self.conn
+                    .capture_request(frame, &view, header.request_id, !more);
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
                 let changes = rewritten.as_ref().map_or(&[][..], |(_, c)| c);
-                let more = msg.more_to_come();
-                self.command(header.request_id, &view, !more, "", changes, captured);
+                self.command(header.request_id, &view, !more, "", changes);
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
                 let view = CommandView::parse(q.command())?;
-                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                self.conn
+                    .capture_request(frame, &view, header.request_id, true);
                 self.note_legacy_rewrite(&view, q.db());
-                self.command(header.request_id, &view, true, q.db(), &[], captured);
+                self.command(header.request_id, &view, true, q.db(), &[]);
                 Ok(None)
             }
             Message::Reply(_) => {
