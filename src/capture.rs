@@ -51,6 +51,9 @@ pub struct Capture {
     /// The writer thread and the first file it writes, while running.
     running: Mutex<Option<(std::thread::JoinHandle<()>, PathBuf)>>,
     epoch: Instant,
+    /// Bumped at each start: a connection forgets what it linked during an
+    /// earlier capture (see `observer::capture`).
+    generation: AtomicU64,
     pub dropped: AtomicU64,
     pub written: Arc<AtomicU64>,
 }
@@ -63,6 +66,7 @@ impl Capture {
             sender: ArcSwapOption::empty(),
             running: Mutex::new(None),
             epoch: Instant::now(),
+            generation: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             written: Arc::new(AtomicU64::new(0)),
         }
@@ -70,6 +74,13 @@ impl Capture {
 
     pub fn is_on(&self) -> bool {
         self.sender.load().is_some()
+    }
+
+    /// Which capture run is (or was last) on. A frame that races a start
+    /// may see the previous number; at worst one reply is judged as part of
+    /// the earlier run.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
     }
 
     /// Starts the writer; returns the first file's path.
@@ -81,6 +92,7 @@ impl Capture {
         let mut writer = Writer::new(&self.cfg, self.written.clone());
         let path = writer.open_next()?;
         let (tx, rx) = mpsc::channel(self.cfg.channel_capacity);
+        self.generation.fetch_add(1, Relaxed);
         let thread = std::thread::Builder::new()
             .name("mongotap-capture".into())
             .spawn(move || writer.run(rx))

@@ -9,22 +9,27 @@ use crate::meta::ClientMeta;
 use crate::observer::{ConnState, Unmatched};
 use crate::session::{ConnId, End};
 use crate::shared::Shared;
-use crate::tracker::Pending;
+use crate::tracker::{Pending, RequestFacts};
 use bson::raw::RawArray;
 use mongotap_proto::{CommandView, ReplyView};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// Emits a tracing event at `$level` with the identity fields of pending
-/// command `$p`, then any extra fields and the message.
+/// Emits a tracing event at `$level` with the identity fields of the
+/// command `$p` (a `Pending` entry, or a requestID and the request's facts),
+/// then any extra fields and the message.
 macro_rules! command_event {
     ($level:ident, $p:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
         let p: &Pending = $p;
+        command_event!($level, p.request_id, p.facts(), $event, { $($extra)* }, $($msg)+)
+    }};
+    ($level:ident, $request_id:expr, $facts:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
+        let p: &RequestFacts = $facts;
         $level!(
             event = $event,
             conn = p.conn,
-            request_id = p.request_id,
+            request_id = $request_id,
             client = %p.client,
             app = &*p.meta.app,
             driver = %p.meta.driver_label(),
@@ -104,9 +109,11 @@ pub fn failed(p: &Pending, reply: &ReplyView<'_>, elapsed: Duration) {
         .unwrap_or_else(|| code.map_or("", code_name));
     // A failure every session of a well-known client produces says nothing
     // about the application: it stays counted, but logs below info.
-    let why_expected = code.and_then(|c| expected_failure(&p.summary.command, c));
+    let why_expected = code.and_then(|c| expected_failure(&p.facts().summary.command, c));
     let expected = why_expected.is_some();
-    let hint = why_expected.map(str::to_string).or_else(|| hint(p, code));
+    let hint = why_expected
+        .map(str::to_string)
+        .or_else(|| hint(p.facts(), code));
     macro_rules! emit {
         ($level:ident) => {
             command_event!(
@@ -122,7 +129,7 @@ pub fn failed(p: &Pending, reply: &ReplyView<'_>, elapsed: Duration) {
                     expected,
                     hint,
                 },
-                "{} failed with {} {}", p.summary.command, code.unwrap_or(0), code_name
+                "{} failed with {} {}", p.facts().summary.command, code.unwrap_or(0), code_name
             )
         };
     }
@@ -134,26 +141,29 @@ pub fn failed(p: &Pending, reply: &ReplyView<'_>, elapsed: Duration) {
 }
 
 pub fn slow(p: &Pending, elapsed: Duration, was_stalled: bool) {
+    let s = &p.facts().summary;
     command_event!(
         warn,
         p,
         "slow",
-        { duration_ms = ms(elapsed), was_stalled, max_time_ms = p.summary.max_time_ms, allow_disk_use = p.summary.allow_disk_use, },
-        "slow {}: {} ms", p.summary.command, ms(elapsed)
+        { duration_ms = ms(elapsed), was_stalled, max_time_ms = s.max_time_ms, allow_disk_use = s.allow_disk_use, },
+        "slow {}: {} ms", s.command, ms(elapsed)
     );
 }
 
-pub fn stalled(p: &Pending, now: Instant) {
+/// The watchdog's `report`th stall report for the command `request_id`.
+pub fn stalled(request_id: i32, p: &RequestFacts, report: u32, now: Instant) {
     let age_ms = p.age_ms(now);
     command_event!(
         warn,
+        request_id,
         p,
         "stalled",
         {
             age_ms,
             max_time_ms = p.summary.max_time_ms,
             allow_disk_use = p.summary.allow_disk_use,
-            report = p.stall_reports,
+            report,
             hint = stall_hint(p),
         },
         "{} on conn {} has had no reply for {} ms", p.summary.command, p.conn, age_ms
@@ -161,7 +171,7 @@ pub fn stalled(p: &Pending, now: Instant) {
 }
 
 pub fn never_replied(p: &Pending, now: Instant, end: &End) {
-    let age_ms = p.age_ms(now);
+    let age_ms = p.facts().age_ms(now);
     let reason = match end {
         End::Closed(_) => "upstream closed the connection".to_string(),
         End::Failed(e) => e.to_string(),
@@ -172,19 +182,19 @@ pub fn never_replied(p: &Pending, now: Instant, end: &End) {
         p,
         "never_replied",
         { age_ms, reason = %reason, },
-        "{} on conn {} will never get a reply: {}", p.summary.command, p.conn, reason
+        "{} on conn {} will never get a reply: {}", p.facts().summary.command, p.facts().conn, reason
     );
 }
 
 pub fn abandoned(p: &Pending, now: Instant) {
-    let age_ms = p.age_ms(now);
+    let age_ms = p.facts().age_ms(now);
     command_event!(
         info,
         p,
         "abandoned",
         { age_ms, },
         "client closed conn {} with {} pending for {} ms; closing the upstream connection so the server can kill it",
-        p.conn, p.summary.command, age_ms
+        p.facts().conn, p.facts().summary.command, age_ms
     );
 }
 
@@ -310,7 +320,7 @@ pub fn expected_failure(command: &str, code: i32) -> Option<&'static str> {
 }
 
 /// A short diagnosis for the failures of a hanging aggregation.
-pub fn hint(p: &Pending, code: Option<i32>) -> Option<String> {
+pub fn hint(p: &RequestFacts, code: Option<i32>) -> Option<String> {
     match code? {
         50 => Some(match p.summary.max_time_ms {
             Some(ms) if p.injected_max_time => format!(
@@ -331,7 +341,7 @@ pub fn hint(p: &Pending, code: Option<i32>) -> Option<String> {
     }
 }
 
-fn stall_hint(p: &Pending) -> Option<&'static str> {
+fn stall_hint(p: &RequestFacts) -> Option<&'static str> {
     p.summary
         .stages
         .iter()

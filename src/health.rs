@@ -208,8 +208,9 @@ async fn probe(
         }
     }
     // Loaded at each connect, so certificates reloaded on SIGHUP apply.
-    let tls = shared.tls.load_full();
-    let c = UpstreamClient::connect_as(addr, timeout, tls.connector.as_ref(), PROBE_APP).await?;
+    let settings = shared.settings.load_full();
+    let tls = settings.tls.connector.as_ref();
+    let c = UpstreamClient::connect_as(addr, timeout, tls, PROBE_APP).await?;
     *conn = Some(c);
     Ok(())
 }

@@ -18,6 +18,7 @@ mod logging;
 mod meta;
 mod metrics;
 mod observer;
+mod reload;
 mod replay;
 mod rewrite;
 mod server;

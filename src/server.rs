@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::listen::Setting;
-use crate::rewrite::Policy;
+use crate::reload::Reloadable;
 use crate::session::{self, ConnId, Shutdown};
 use crate::shared::Shared;
 use crate::tls::Tls;
@@ -170,8 +170,8 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
         match loaded {
             Ok(cfg) => {
                 // Certificates first: a bad one rejects the whole reload.
-                let tls = match Tls::load(&cfg.tls, &shared.config.proxy.upstream) {
-                    Ok(tls) => tls,
+                let reloaded = match Reloadable::load(&cfg, &shared.config.proxy.upstream) {
+                    Ok(r) => r,
                     Err(e) => {
                         warn!(
                             event = "config_reload_failed",
@@ -182,8 +182,9 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
                         continue;
                     }
                 };
-                shared.tls.store(Arc::new(tls));
-                shared.policy.store(Arc::new(Policy::compile(&cfg.rewrite)));
+                // One store: certificates and rules change together, for
+                // sessions, explains and the health probe alike.
+                shared.settings.store(Arc::new(reloaded));
                 info!(
                     event = "config_reloaded",
                     path = %path.display(),

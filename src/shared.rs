@@ -7,11 +7,10 @@ use crate::cursors::Cursors;
 use crate::explain::Explainer;
 use crate::health::Health;
 use crate::meta::{ClientMeta, CommandSummary, Interner};
-use crate::rewrite::Policy;
+use crate::reload::{self, Reloadable, Settings};
 use crate::stats::Stats;
 use crate::tls::Tls;
 use crate::tracker::Tracker;
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use mongotap_proto::rewrite::FieldChange;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -75,10 +74,9 @@ pub struct Shared {
     /// that has the same one.
     pub summaries: Interner<CommandSummary>,
     pub clients: Interner<ClientMeta>,
-    /// TLS acceptor and connector; replaced whole on SIGHUP.
-    pub tls: ArcSwap<Tls>,
-    /// The compiled rewrite rules; replaced whole on SIGHUP.
-    pub policy: ArcSwap<Policy>,
+    /// TLS and the rewrite rules: what SIGHUP replaces, read at use time
+    /// by everyone (the explainer holds the same swap).
+    pub settings: Settings,
     /// Rewrites by (command, field, dry_run), for /metrics.
     pub rewrite_counts: DashMap<String, RewriteCounts, ahash::RandomState>,
     /// Traffic capture.
@@ -96,23 +94,23 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, tls: Tls) -> Self {
-        // Auto-explain connects to the same upstream the same way.
-        let explain_tls = tls.connector.clone();
+        let settings = reload::settings(Reloadable::new(tls, &config));
         Shared {
-            tls: ArcSwap::from_pointee(tls),
             stats: Stats::new(config.watch.max_series),
             summaries: Interner::new(INTERNED_MAX),
             clients: Interner::new(INTERNED_MAX),
-            policy: ArcSwap::from_pointee(Policy::compile(&config.rewrite)),
             rewrite_counts: DashMap::default(),
             warned_apps: DashMap::new(),
             capture: Capture::new(&config.capture),
+            // Auto-explain connects to the same upstream the same way, with
+            // the TLS settings in force at each explain.
             explainer: Explainer::new(
                 &config.explain,
                 &config.proxy.upstream,
                 config.watch.log_values,
-            )
-            .with_tls(explain_tls),
+                settings.clone(),
+            ),
+            settings,
             config,
             counters: Counters::default(),
             tracker: Tracker::default(),

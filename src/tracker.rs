@@ -6,14 +6,16 @@ use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+/// What a request said, and when: taken from the frame once and never
+/// changed after, so anyone may hold a copy (the watchdog copies the ones
+/// it reports) without it going stale.
 #[derive(Debug, Clone)]
-pub struct Pending {
+pub struct RequestFacts {
     pub conn: u64,
-    pub request_id: i32,
     pub client: SocketAddr,
     pub meta: Arc<ClientMeta>,
     pub summary: Arc<CommandSummary>,
@@ -32,22 +34,84 @@ pub struct Pending {
     pub cursor_id: Option<i64>,
     /// killCursors' ids.
     pub killed_cursors: Vec<i64>,
-    /// `stalled` events already emitted for this command.
-    pub stall_reports: u32,
     /// maxTimeMS was injected by a rewrite rule.
     pub injected_max_time: bool,
     /// A copy of a read-only aggregate's body, kept only when auto-explain
     /// is on, so the same pipeline can be explained.
     pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
+}
+
+impl RequestFacts {
+    pub fn age_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+}
+
+/// The watchdog's notes on one pending command.
+///
+/// They live in the entry rather than in a table of the watchdog's own, so
+/// they come and go with the command (also when a moreToCome reply moves it
+/// to a new requestID) and nothing has to be pruned or re-keyed. Only the
+/// watchdog writes them, from its one task, so a load then a store cannot
+/// race; the session reads them once it has taken the entry out of the
+/// table, and the table's lock orders the watchdog's last write before
+/// that read.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    /// `stalled` events already emitted for this command.
+    stall_reports: AtomicU32,
     /// Auto-explain already ran (or was skipped) for this command.
-    pub explained: bool,
-    /// Captured: `Some(redacted)`; its replies follow the same decision.
-    pub capture: Option<bool>,
+    explained: AtomicBool,
+}
+
+impl WatchState {
+    pub fn stall_reports(&self) -> u32 {
+        self.stall_reports.load(Relaxed)
+    }
+
+    pub fn explained(&self) -> bool {
+        self.explained.load(Relaxed)
+    }
+
+    /// The watchdog reported one more stall; returns the report's number.
+    pub fn note_stall(&self) -> u32 {
+        let n = self.stall_reports() + 1;
+        self.stall_reports.store(n, Relaxed);
+        n
+    }
+
+    /// The watchdog started (or skipped) this command's explain.
+    pub fn note_explained(&self) {
+        self.explained.store(true, Relaxed);
+    }
+}
+
+/// One entry of a connection's in-flight table: the request's facts, the
+/// watchdog's notes, and the id the next reply will answer.
+#[derive(Debug)]
+pub struct Pending {
+    /// The request's own id, then each moreToCome reply's: the session
+    /// moves the entry as the stream goes on (the table's key).
+    pub request_id: i32,
+    facts: RequestFacts,
+    watch: WatchState,
 }
 
 impl Pending {
-    pub fn age_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.started).as_millis() as u64
+    pub fn new(request_id: i32, facts: RequestFacts) -> Pending {
+        Pending {
+            request_id,
+            facts,
+            watch: WatchState::default(),
+        }
+    }
+
+    pub fn facts(&self) -> &RequestFacts {
+        &self.facts
+    }
+
+    pub fn watch(&self) -> &WatchState {
+        &self.watch
     }
 }
 
@@ -113,7 +177,7 @@ impl ConnInflight {
 
     /// Commands on this connection that are not awaiting by design.
     pub fn waiting(&self) -> usize {
-        self.lock().values().filter(|p| !p.awaiting).count()
+        self.lock().values().filter(|p| !p.facts.awaiting).count()
     }
 
     /// Takes every entry (the connection closed), oldest first.
@@ -122,7 +186,7 @@ impl ConnInflight {
         let mut out: Vec<Pending> = entries.drain().map(|(_, p)| p).collect();
         self.len.store(0, Relaxed);
         drop(entries);
-        out.sort_by_key(|p| p.started);
+        out.sort_by_key(|p| p.facts.started);
         out
     }
 }
@@ -146,14 +210,15 @@ impl Tracker {
         self.conns.remove(&conn);
     }
 
-    /// Runs `f` on every pending command with mutable access (the
-    /// watchdog), one connection's lock at a time.
-    pub fn for_each_mut(&self, mut f: impl FnMut(&mut Pending)) {
+    /// Runs `f` on every pending command, one connection's lock at a time.
+    /// Read-only: the sessions own their entries; the watchdog writes only
+    /// its `WatchState`.
+    pub fn for_each(&self, mut f: impl FnMut(&Pending)) {
         // Collect first: a session may register or unregister meanwhile,
         // and a DashMap shard lock must not be held across another lock.
         let tables: Vec<Arc<ConnInflight>> = self.conns.iter().map(|e| e.value().clone()).collect();
         for table in tables {
-            for p in table.lock().values_mut() {
+            for p in table.lock().values() {
                 f(p);
             }
         }
@@ -162,7 +227,7 @@ impl Tracker {
     /// Commands that are really waiting on the server (awaiting ones excluded).
     pub fn inflight_count(&self) -> usize {
         let mut n = 0;
-        self.for_each_mut(|p| n += usize::from(!p.awaiting));
+        self.for_each(|p| n += usize::from(!p.facts.awaiting));
         n
     }
 
@@ -172,14 +237,15 @@ impl Tracker {
     pub fn snapshot(&self, stall_ms: u64, awaiting: bool) -> Vec<InflightRow> {
         let now = Instant::now();
         let mut rows = Vec::new();
-        self.for_each_mut(|p| {
+        self.for_each(|entry| {
+            let p = &entry.facts;
             if p.awaiting && !awaiting {
                 return;
             }
             let age_ms = p.age_ms(now);
             rows.push(InflightRow {
                 conn: p.conn,
-                request_id: p.request_id,
+                request_id: entry.request_id,
                 client: p.client.to_string(),
                 app: p.meta.app.to_string(),
                 driver: p.meta.driver_label(),
@@ -207,32 +273,31 @@ mod tests {
     use std::time::Duration;
 
     fn pending(conn: u64, request_id: i32, started: Instant) -> Pending {
-        Pending {
-            conn,
+        Pending::new(
             request_id,
-            client: "127.0.0.1:1".parse().expect("address"),
-            meta: Arc::new(ClientMeta::default()),
-            summary: Arc::new(CommandSummary {
-                command: "find".into(),
-                db: "db".into(),
-                collection: "coll".into(),
-                stages: Vec::new(),
-                shape: "".into(),
-                max_time_ms: None,
-                allow_disk_use: None,
-            }),
-            comment: None,
-            started,
-            awaiting: request_id < 0,
-            opens_awaiting_cursor: false,
-            cursor_id: None,
-            killed_cursors: Vec::new(),
-            stall_reports: 0,
-            injected_max_time: false,
-            explain_body: None,
-            explained: false,
-            capture: None,
-        }
+            RequestFacts {
+                conn,
+                client: "127.0.0.1:1".parse().expect("address"),
+                meta: Arc::new(ClientMeta::default()),
+                summary: Arc::new(CommandSummary {
+                    command: "find".into(),
+                    db: "db".into(),
+                    collection: "coll".into(),
+                    stages: Vec::new(),
+                    shape: "".into(),
+                    max_time_ms: None,
+                    allow_disk_use: None,
+                }),
+                comment: None,
+                started,
+                awaiting: request_id < 0,
+                opens_awaiting_cursor: false,
+                cursor_id: None,
+                killed_cursors: Vec::new(),
+                injected_max_time: false,
+                explain_body: None,
+            },
+        )
     }
 
     /// Each connection keeps its own table; the tracker sees them all until
@@ -255,7 +320,7 @@ mod tests {
             Some(-11)
         );
         // Same requestID on another connection is another command.
-        assert_eq!(two.remove(10).map(|p| p.conn), Some(2));
+        assert_eq!(two.remove(10).map(|p| p.facts().conn), Some(2));
         assert!(two.remove(10).is_none());
         assert_eq!(tracker.inflight_count(), 1);
         tracker.unregister(1);

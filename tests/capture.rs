@@ -354,6 +354,87 @@ async fn scram_login_never_reaches_the_capture_or_the_logs() {
         .any(|r| !r.redacted && command_name(&r.frame).as_deref() == Some("insert")));
 }
 
+/// Inserts `n` documents one by one and reads them back, with `[watch]
+/// track` set as given; returns the capture's records once mongotap has
+/// stopped and closed its file.
+async fn capture_with_tracking(track: bool, n: i32) -> Vec<Rec> {
+    let ferret = Ferret::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = capture_config(dir.path(), &format!("[watch]\ntrack = {track}\n"));
+    let mut tap = start_capturing(&ferret, &config);
+    let client = client(&tap.uri()).await;
+    let coll: Collection<Document> = client.database(&unique_db("pairs")).collection("items");
+    for i in 0..n {
+        coll.insert_one(doc! { "_id": i }).await.expect("insert");
+    }
+    let found: Vec<Document> = coll
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("find cursor");
+    assert_eq!(found.len(), n as usize);
+    client.shutdown().await;
+    assert!(tap.terminate(Duration::from_secs(20)).success());
+    read_records(&capture_files(dir.path()))
+}
+
+/// Replies follow their request's capture decision whether or not commands
+/// are tracked: with `track = false` each insert and find the driver saw
+/// complete is in the file with exactly one reply, as with tracking on.
+/// (Monitor hellos are left out of the count: the driver may close its
+/// monitoring connection with one in flight.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_captured_with_tracking_off() {
+    const N: i32 = 5;
+    for track in [false, true] {
+        let records = capture_with_tracking(track, N).await;
+        let header = |r: &Rec| mongotap_proto::Header::parse(&r.frame).expect("header");
+        // (conn, requestID) of every captured request, and the workload's.
+        let mut requests = std::collections::HashSet::new();
+        let mut workload = std::collections::HashMap::new();
+        let mut inserts = 0;
+        let mut replies = 0;
+        for r in &records {
+            let h = header(r);
+            let key = (r.conn, h.request_id);
+            match r.direction {
+                Direction::ToServer => {
+                    requests.insert(key);
+                    let name = command_name(&r.frame);
+                    inserts += usize::from(name.as_deref() == Some("insert"));
+                    if matches!(name.as_deref(), Some("insert" | "find")) {
+                        workload.insert(key, 0);
+                    }
+                }
+                Direction::ToClient => {
+                    replies += 1;
+                    let answers = (r.conn, h.response_to);
+                    assert!(
+                        requests.contains(&answers),
+                        "track = {track}: a reply to {answers:?}, which no captured request sent"
+                    );
+                    if let Some(n) = workload.get_mut(&answers) {
+                        *n += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(inserts, N as usize, "track = {track}: insert requests");
+        assert_eq!(
+            workload.len(),
+            N as usize + 1,
+            "track = {track}: and one find"
+        );
+        assert!(
+            workload.values().all(|&n| n == 1),
+            "track = {track}: replies per request: {workload:?}"
+        );
+        assert!(replies > N as usize, "track = {track}: {replies} replies");
+    }
+}
+
 fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))

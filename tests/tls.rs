@@ -985,6 +985,116 @@ async fn sighup_reloads_certificates_and_keeps_open_connections() {
     ));
 }
 
+/// The first `explained` or `explain_failed` event for `collection`.
+async fn explain_outcome(tap: &Mongotap, collection: &str) -> Value {
+    let deadline = Instant::now() + EVENT;
+    loop {
+        if let Some(e) = tap.logs().into_iter().find(|l| {
+            (l["event"] == "explained" || l["event"] == "explain_failed")
+                && l["collection"] == collection
+        }) {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no explain outcome for {collection} within {EVENT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Auto-explain opens its own upstream connection for each explain, with
+/// the TLS settings in force at that moment: once a SIGHUP swaps the
+/// upstream CA for one that cannot verify FerretDB, explains fail the
+/// handshake (while the sessions opened before keep working), and once the
+/// right CA is back they succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explains_use_the_upstream_ca_of_the_last_reload() {
+    let dir = tempdir();
+    let db_ca = Ca::new(dir.path(), "db");
+    let other_ca = Ca::new(dir.path(), "other");
+    let ferret = TlsFerret::start(&db_ca.server("ferret"), None);
+    let live_ca = dir.path().join("upstream-ca.pem");
+    std::fs::copy(&db_ca.pem, &live_ca).expect("copy CA");
+    let config = format!(
+        "[tls.upstream]\nca = \"{}\"\nserver_name = \"localhost\"\n\
+         [explain]\nenabled = true\nafter_ms = 0\nmax_time_ms = 5000\n",
+        path(&live_ca)
+    );
+    let tap = proxy(ferret.addr(), &write_config(dir.path(), &config));
+
+    // One pooled connection, opened before the reloads and kept: its
+    // session's upstream TLS connection outlives them.
+    let created = Arc::new(AtomicUsize::new(0));
+    let mut opts = ClientOptions::parse(tap.uri()).await.expect("URI");
+    opts.max_pool_size = Some(1);
+    opts.server_selection_timeout = Some(SELECT);
+    let counter = Arc::clone(&created);
+    opts.cmap_event_handler = Some(EventHandler::callback(move |ev| {
+        if let CmapEvent::ConnectionCreated(_) = ev {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }));
+    let client = Client::with_options(opts).expect("client");
+    let db = client.database(&unique_db("tls_explain_reload"));
+    // Each phase aggregates its own collection: explains are rate limited
+    // per (db, collection, stages).
+    let aggregate = |collection: &'static str| {
+        let coll = db.collection::<Document>(collection);
+        async move {
+            coll.insert_many([doc! { "g": 1 }, doc! { "g": 2 }, doc! { "g": 1 }])
+                .await
+                .expect("insert");
+            let groups: Vec<Document> = coll
+                .aggregate([doc! { "$group": { "_id": "$g", "n": { "$sum": 1 } } }])
+                .await
+                .expect("aggregate")
+                .try_collect()
+                .await
+                .expect("aggregate cursor");
+            assert_eq!(groups.len(), 2);
+        }
+    };
+
+    aggregate("before").await;
+    let before = explain_outcome(&tap, "before").await;
+    assert_eq!(before["event"], "explained", "{before}");
+
+    // Renewal overwrites the CA file with one that did not sign FerretDB's
+    // certificate.
+    std::fs::copy(&other_ca.pem, &live_ca).expect("swap CA");
+    signal(tap.pid(), "HUP");
+    tap.wait_for_event_async("config_reloaded", EVENT).await;
+    aggregate("after").await;
+    let after = explain_outcome(&tap, "after").await;
+    assert_eq!(
+        after["event"], "explain_failed",
+        "an explain after the reload still trusted the old CA: {after}"
+    );
+    let reason = after["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("TLS") && reason.contains("certificate"),
+        "{after}"
+    );
+
+    std::fs::copy(&db_ca.pem, &live_ca).expect("restore CA");
+    signal(tap.pid(), "HUP");
+    let deadline = Instant::now() + EVENT;
+    while tap.events("config_reloaded").len() < 2 {
+        assert!(Instant::now() < deadline, "no second config_reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    aggregate("restored").await;
+    let restored = explain_outcome(&tap, "restored").await;
+    assert_eq!(restored["event"], "explained", "{restored}");
+    assert_eq!(
+        created.load(Ordering::SeqCst),
+        1,
+        "every aggregate went through the session opened before the reloads"
+    );
+    client.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // Large messages through TLS to a slow reader
 // ---------------------------------------------------------------------------

@@ -12,15 +12,14 @@
 //! pipeline shape per `interval_ms`.
 
 use crate::config::ExplainConfig;
-use crate::meta::{ClientMeta, CommandSummary};
-use crate::tracker::Pending;
-use crate::upstream_client::{ClientError, TlsUpstream, UpstreamClient};
+use crate::reload::Settings;
+use crate::tracker::RequestFacts;
+use crate::upstream_client::{ClientError, UpstreamClient};
 use bson::raw::cstr;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use mongotap_proto::CommandView;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,8 +122,10 @@ struct Inner {
     cfg: ExplainConfig,
     /// The address the proxy forwards to: explains go to the same server.
     upstream: String,
-    /// Set when the proxy speaks TLS to the upstream.
-    tls: Option<TlsUpstream>,
+    /// The proxy's reloadable settings: each explain connects with the TLS
+    /// connector in force when it starts, so certificates reloaded on
+    /// SIGHUP apply to explains as they do to new sessions.
+    settings: Settings,
     /// Off: every string in the server's answer is replaced by "?".
     log_values: bool,
     /// When each (db, collection, shape) was last explained.
@@ -137,12 +138,8 @@ struct Inner {
 
 /// What an explain task needs from the pending command.
 struct Job {
-    conn: u64,
     request_id: i32,
-    client: SocketAddr,
-    meta: Arc<ClientMeta>,
-    summary: Arc<CommandSummary>,
-    comment: Option<Arc<str>>,
+    facts: RequestFacts,
     body: Arc<RawDocumentBuf>,
     /// How long the aggregate had run when the explain was started.
     elapsed: Duration,
@@ -207,12 +204,17 @@ impl Inner {
 }
 
 impl Explainer {
-    pub fn new(cfg: &ExplainConfig, upstream: &str, log_values: bool) -> Explainer {
+    pub fn new(
+        cfg: &ExplainConfig,
+        upstream: &str,
+        log_values: bool,
+        settings: Settings,
+    ) -> Explainer {
         let inner = cfg.enabled.then(|| {
             Arc::new(Inner {
                 cfg: cfg.clone(),
                 upstream: upstream.to_string(),
-                tls: None,
+                settings,
                 log_values,
                 last: DashMap::new(),
                 running: AtomicUsize::new(0),
@@ -220,15 +222,6 @@ impl Explainer {
             })
         });
         Explainer { inner }
-    }
-
-    /// Explains connect with this TLS connector (the proxy's own for the
-    /// upstream), when the upstream speaks TLS.
-    pub fn with_tls(mut self, tls: Option<TlsUpstream>) -> Explainer {
-        if let Some(inner) = self.inner.as_mut().and_then(Arc::get_mut) {
-            inner.tls = tls;
-        }
-        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -252,9 +245,9 @@ impl Explainer {
         Some(Arc::new(view.doc.to_owned()))
     }
 
-    /// Starts an explain for `p` when it is due and not rate limited. Never
-    /// blocks: the explain runs in its own task.
-    pub fn maybe_explain(&self, p: &Pending, elapsed: Duration) {
+    /// Starts an explain for the command `request_id` when it is due and
+    /// not rate limited. Never blocks: the explain runs in its own task.
+    pub fn maybe_explain(&self, request_id: i32, p: &RequestFacts, elapsed: Duration) {
         let Some(inner) = &self.inner else { return };
         let Some(body) = &p.explain_body else { return };
         if elapsed < Duration::from_millis(inner.cfg.after_ms) {
@@ -272,7 +265,7 @@ impl Explainer {
                 debug!(
                     event = "explain_dropped",
                     conn = p.conn,
-                    request_id = p.request_id,
+                    request_id,
                     db = &*p.summary.db,
                     collection = &*p.summary.collection,
                     stages = &*p.summary.shape,
@@ -289,12 +282,8 @@ impl Explainer {
             return;
         };
         let job = Job {
-            conn: p.conn,
-            request_id: p.request_id,
-            client: p.client,
-            meta: p.meta.clone(),
-            summary: p.summary.clone(),
-            comment: p.comment.clone(),
+            request_id,
+            facts: p.clone(),
             body: body.clone(),
             elapsed,
         };
@@ -325,9 +314,10 @@ async fn run(slot: Slot, job: Job) {
 }
 
 async fn explain(inner: &Inner, job: &Job) -> Result<RawDocumentBuf, ExplainError> {
-    let command = explain_command(&job.body, &job.summary.db, inner.cfg.max_time_ms)?;
-    let mut client =
-        UpstreamClient::connect(&inner.upstream, CONNECT_TIMEOUT, inner.tls.as_ref()).await?;
+    let command = explain_command(&job.body, &job.facts.summary.db, inner.cfg.max_time_ms)?;
+    let settings = inner.settings.load_full();
+    let tls = settings.tls.connector.as_ref();
+    let mut client = UpstreamClient::connect(&inner.upstream, CONNECT_TIMEOUT, tls).await?;
     match (&inner.cfg.username, &inner.cfg.password) {
         (Some(user), Some(password)) => {
             tokio::time::timeout(
@@ -388,19 +378,19 @@ pub fn explain_command(
 fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
     let stage_stats = stage_stats(reply);
     let (explain, explain_truncated) = render_explain(reply, inner.log_values);
-    let p = &job.summary;
+    let (f, p) = (&job.facts, &job.facts.summary);
     info!(
         event = "explained",
-        conn = job.conn,
+        conn = f.conn,
         request_id = job.request_id,
-        client = %job.client,
-        app = &*job.meta.app,
-        driver = %job.meta.driver_label(),
+        client = %f.client,
+        app = &*f.meta.app,
+        driver = %f.meta.driver_label(),
         command = &*p.command,
         db = &*p.db,
         collection = &*p.collection,
         stages = &*p.shape,
-        comment = job.comment.as_deref(),
+        comment = f.comment.as_deref(),
         elapsed_ms = job.elapsed.as_millis() as u64,
         explain_ms,
         stage_stats = stage_stats.as_deref(),
@@ -416,19 +406,19 @@ fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
 }
 
 fn explain_failed(job: &Job, e: &ExplainError, explain_ms: u64) {
-    let p = &job.summary;
+    let (f, p) = (&job.facts, &job.facts.summary);
     warn!(
         event = "explain_failed",
-        conn = job.conn,
+        conn = f.conn,
         request_id = job.request_id,
-        client = %job.client,
-        app = &*job.meta.app,
-        driver = %job.meta.driver_label(),
+        client = %f.client,
+        app = &*f.meta.app,
+        driver = %f.meta.driver_label(),
         command = &*p.command,
         db = &*p.db,
         collection = &*p.collection,
         stages = &*p.shape,
-        comment = job.comment.as_deref(),
+        comment = f.comment.as_deref(),
         elapsed_ms = job.elapsed.as_millis() as u64,
         explain_ms,
         code = e.code(),

@@ -8,9 +8,18 @@ fn cfg() -> ExplainConfig {
     }
 }
 
+/// Plaintext to the upstream and no rewrite rules.
+fn settings() -> crate::reload::Settings {
+    let config = crate::config::Config::default();
+    crate::reload::settings(crate::reload::Reloadable::new(
+        crate::tls::Tls::default(),
+        &config,
+    ))
+}
+
 fn body_of(doc: &RawDocumentBuf) -> Option<Arc<RawDocumentBuf>> {
     let view = CommandView::parse(doc).unwrap();
-    Explainer::new(&cfg(), "127.0.0.1:1", false).body_for(&view)
+    Explainer::new(&cfg(), "127.0.0.1:1", false, settings()).body_for(&view)
 }
 
 #[test]
@@ -28,7 +37,7 @@ fn only_read_only_aggregates_are_kept() {
     assert!(body_of(&rawdoc! { "find": "c", "filter": {}, "$db": "d" }).is_none());
     // Off: nothing is copied.
     let view = CommandView::parse(&agg).unwrap();
-    let off = Explainer::new(&ExplainConfig::default(), "127.0.0.1:1", false);
+    let off = Explainer::new(&ExplainConfig::default(), "127.0.0.1:1", false, settings());
     assert!(off.body_for(&view).is_none());
     assert!(!off.enabled());
 }
@@ -164,7 +173,7 @@ fn rate_limit_per_shape_and_at_most_max_running() {
         interval_ms: 60_000,
         ..cfg()
     };
-    let ex = Explainer::new(&cfg, "127.0.0.1:1", false);
+    let ex = Explainer::new(&cfg, "127.0.0.1:1", false, settings());
     let inner = ex.inner.as_ref().unwrap();
     let key = |shape: &str| -> ShapeKey { (Arc::from("d"), Arc::from("c"), Arc::from(shape)) };
     let t0 = Instant::now();

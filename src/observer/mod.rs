@@ -5,6 +5,7 @@
 //! `ConnState` is what both directions of a connection share; the request
 //! side is in `request.rs`, the reply side in `reply.rs`.
 
+mod capture;
 mod reply;
 mod request;
 
@@ -17,8 +18,7 @@ use crate::session::{ConnId, End};
 use crate::shared::Shared;
 use crate::stats::SampleBuffer;
 use crate::tracker::ConnInflight;
-use mongotap_proto::capture::Direction;
-use mongotap_proto::{CommandView, DecodeError};
+use mongotap_proto::DecodeError;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,10 +32,8 @@ pub struct ConnState {
     /// registered in the shared `Tracker`.
     inflight: Arc<ConnInflight>,
     samples: Mutex<SampleBuffer>,
-    /// The client address, rendered once for capture records.
-    client_label: Arc<str>,
-    /// This connection was picked by capture sampling.
-    captured: bool,
+    /// Capture's sampling decision and how it captured each request.
+    cap: capture::ConnCapture,
     /// Woken when a command completes, for a client held back at
     /// max_inflight_per_connection.
     slots: tokio::sync::Notify,
@@ -113,9 +111,12 @@ impl RecentIds {
 impl ConnState {
     pub fn new(shared: Arc<Shared>, id: ConnId) -> Self {
         ConnState {
-            captured: shared.capture.sample(id.conn),
+            cap: capture::ConnCapture::new(
+                shared.capture.sample(id.conn),
+                id.client,
+                shared.config.proxy.max_inflight_per_connection,
+            ),
             inflight: shared.tracker.register(id.conn),
-            client_label: Arc::from(id.client.to_string()),
             shared,
             id,
             samples: Mutex::new(SampleBuffer::default()),
@@ -177,31 +178,6 @@ impl ConnState {
         self.opened.elapsed().saturating_sub(last)
     }
 
-    /// Captures `frame` when capture is on, this connection is sampled and
-    /// the command passes the filters. Returns `Some(redacted)` when it was
-    /// captured, so the reply can follow the same decision.
-    fn capture(
-        &self,
-        frame: &[u8],
-        direction: Direction,
-        view: Option<&CommandView<'_>>,
-    ) -> Option<bool> {
-        let capture = &self.shared.capture;
-        if !self.captured || !capture.is_on() {
-            return None;
-        }
-        let wanted = match view {
-            Some(v) => capture.wants(v),
-            None => !capture.filtered(),
-        };
-        if !wanted {
-            return None;
-        }
-        let redact = view.is_some_and(|v| v.is_sensitive());
-        capture.record(self.id.conn, &self.client_label, direction, frame, redact);
-        Some(redact)
-    }
-
     /// Publishes buffered latency samples (called on a timer and at close).
     pub fn flush(&self) {
         let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,7 +206,7 @@ impl ConnState {
             );
             let now = Instant::now();
             for p in self.inflight.drain() {
-                if p.awaiting {
+                if p.facts().awaiting {
                     continue;
                 }
                 if client_went_first {

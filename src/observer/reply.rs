@@ -5,7 +5,7 @@ use super::{ConnState, Observe};
 use crate::cursors::CursorInfo;
 use crate::events;
 use crate::inspect::{with_message, Message};
-use crate::tracker::Pending;
+use crate::tracker::RequestFacts;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::{DecodeError, ReplyView};
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,27 +29,35 @@ impl<'a> ReplyObserver<'a> {
         now: Instant,
     ) {
         let shared = &self.conn.shared;
-        if !shared.config.watch.track {
+        let tracked = shared.config.watch.track;
+        let pending = if tracked {
+            self.conn.inflight.remove(response_to)
+        } else {
+            None
+        };
+        // Capture keeps its own record of what it captured, so replies are
+        // captured the same with tracking off. Whether a reply answers no
+        // request at all, the tracker knows; without it, only a w:0 write
+        // is known to expect nothing.
+        self.conn
+            .capture_reply(frame, (request_id, response_to), more, || {
+                if tracked {
+                    pending.is_none()
+                } else {
+                    self.conn.why_unmatched(response_to) == super::Unmatched::MoreToComeRequest
+                }
+            });
+        if !tracked {
             return;
         }
-        let conn = self.conn.id.conn;
-        let Some(mut p) = self.conn.inflight.remove(response_to) else {
+        let Some(mut p) = pending else {
             shared.counters.unmatched_replies.fetch_add(1, Relaxed);
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let why = self.conn.why_unmatched(response_to);
                 events::unmatched_reply(&self.conn.id, (request_id, response_to), reply, why);
             }
-            self.conn.capture(frame, Direction::ToClient, None);
             return;
         };
-        if let Some(redact) = p.capture {
-            if self.conn.captured && shared.capture.is_on() {
-                let client = &self.conn.client_label;
-                shared
-                    .capture
-                    .record(conn, client, Direction::ToClient, frame, redact);
-            }
-        }
         if more {
             // Exhaust cursor or streaming hello: the next reply answers
             // this one. The command stays open until a reply without
@@ -59,22 +67,30 @@ impl<'a> ReplyObserver<'a> {
             return;
         }
         self.conn.slots.notify_one();
-        let elapsed = now.saturating_duration_since(p.started);
-        self.track_cursor(&p, reply, now);
+        let facts = p.facts();
+        let elapsed = now.saturating_duration_since(facts.started);
+        self.track_cursor(facts, reply, now);
         if let Some(hosts) = reply.hosts {
             events::warn_replica_set_hosts(shared, hosts);
         }
         if let Some(wire) = reply.max_wire_version {
-            crate::compat::check(shared, &p.meta, wire);
+            crate::compat::check(shared, &facts.meta, wire);
         }
-        if p.awaiting {
+        if facts.awaiting {
             return;
         }
         let error = reply.is_error();
         let micros = elapsed.as_micros() as u64;
         {
             let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
-            samples.push(&p.summary, &p.meta, micros, error, now, &shared.stats);
+            samples.push(
+                &facts.summary,
+                &facts.meta,
+                micros,
+                error,
+                now,
+                &shared.stats,
+            );
         }
         if error {
             shared.counters.failed.fetch_add(1, Relaxed);
@@ -82,16 +98,18 @@ impl<'a> ReplyObserver<'a> {
         } else if shared.config.watch.command_log {
             events::succeeded(&p, elapsed);
         }
-        if !p.explained {
-            shared.explainer.maybe_explain(&p, elapsed);
+        // The watchdog's notes, final now that the entry is out of the table.
+        if !p.watch().explained() {
+            shared.explainer.maybe_explain(p.request_id, facts, elapsed);
         }
+        let was_stalled = p.watch().stall_reports() > 0;
         let slow_ms = shared.config.watch.slow_ms;
-        if elapsed.as_millis() as u64 >= slow_ms || p.stall_reports > 0 {
-            events::slow(&p, elapsed, p.stall_reports > 0);
+        if elapsed.as_millis() as u64 >= slow_ms || was_stalled {
+            events::slow(&p, elapsed, was_stalled);
         }
     }
 
-    fn track_cursor(&self, p: &Pending, reply: &ReplyView<'_>, now: Instant) {
+    fn track_cursor(&self, p: &RequestFacts, reply: &ReplyView<'_>, now: Instant) {
         let cursors = &self.conn.shared.cursors;
         match &*p.summary.command {
             "find" | "aggregate" => {

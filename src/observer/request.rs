@@ -6,7 +6,7 @@ use crate::config::RewriteMode;
 use crate::events;
 use crate::inspect::{with_message, Message};
 use crate::meta::{ClientMeta, SummaryCache};
-use crate::tracker::Pending;
+use crate::tracker::{Pending, RequestFacts};
 use bson::raw::RawBsonRef;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::op_compressed::{self, Compressor};
@@ -44,7 +44,6 @@ impl<'a> RequestObserver<'a> {
         expects_reply: bool,
         db_fallback: &str,
         changes: &[FieldChange],
-        capture: Option<bool>,
     ) {
         let shared = &self.conn.shared;
         if !self.handshake_seen && view.is_hello() {
@@ -81,9 +80,8 @@ impl<'a> RequestObserver<'a> {
         let comment = view
             .comment
             .and_then(|c| render_comment(c, shared.config.watch.log_values));
-        let replaced = self.conn.inflight.insert(Pending {
+        let facts = RequestFacts {
             conn: self.conn.id.conn,
-            request_id,
             client: self.conn.id.client,
             meta: self.meta.clone(),
             summary,
@@ -101,12 +99,10 @@ impl<'a> RequestObserver<'a> {
                         .collect()
                 })
                 .unwrap_or_default(),
-            stall_reports: 0,
             injected_max_time,
             explain_body: shared.explainer.body_for(view),
-            explained: false,
-            capture,
-        });
+        };
+        let replaced = self.conn.inflight.insert(Pending::new(request_id, facts));
         if replaced.is_some() {
             self.conn
                 .note_unanswerable(request_id, super::Unmatched::RequestIdReused);
@@ -145,18 +141,21 @@ impl Observe for RequestObserver<'_> {
         with_message(frame, limit, |header, compressor, message| match message {
             Message::Msg(msg) => {
                 let view = CommandView::parse(msg.body)?;
-                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                let more = msg.more_to_come();
+                // The frame as the client sent it, before any rewrite.
+                self.conn
+                    .capture_request(frame, &view, header.request_id, !more);
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
                 let changes = rewritten.as_ref().map_or(&[][..], |(_, c)| c);
-                let more = msg.more_to_come();
-                self.command(header.request_id, &view, !more, "", changes, captured);
+                self.command(header.request_id, &view, !more, "", changes);
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
                 let view = CommandView::parse(q.command())?;
-                let captured = self.conn.capture(frame, Direction::ToServer, Some(&view));
+                self.conn
+                    .capture_request(frame, &view, header.request_id, true);
                 self.note_legacy_rewrite(&view, q.db());
-                self.command(header.request_id, &view, true, q.db(), &[], captured);
+                self.command(header.request_id, &view, true, q.db(), &[]);
                 Ok(None)
             }
             Message::Reply(_) => {
@@ -181,7 +180,8 @@ impl RequestObserver<'_> {
     /// would have applied to, so an operator can see what passed untouched.
     fn note_legacy_rewrite(&self, view: &CommandView<'_>, db: &str) {
         let shared = &self.conn.shared;
-        let policy = shared.policy.load();
+        let settings = shared.settings.load();
+        let policy = &settings.policy;
         let collection = view.collection().unwrap_or("");
         let rule = policy.matching(view.name, db, collection, &self.meta.app);
         if rule.is_some() && !rewrite::never_rewrite(view.name) {
@@ -203,7 +203,8 @@ impl RequestObserver<'_> {
         view: &CommandView<'_>,
     ) -> Result<Option<(Vec<u8>, Changes)>, DecodeError> {
         let shared = &self.conn.shared;
-        let policy = shared.policy.load();
+        let settings = shared.settings.load();
+        let policy = &settings.policy;
         let db = view.db.unwrap_or("");
         let collection = view.collection().unwrap_or("");
         // `{explain: {aggregate: ...}}` is governed by the rule for the

@@ -66,7 +66,8 @@ pub async fn run(
     let _ = client.set_nodelay(true);
     // Each connection keeps the TLS config it started with; SIGHUP only
     // changes what later connections get.
-    let tls = shared.tls.load_full();
+    let settings = shared.settings.load_full();
+    let tls = &settings.tls;
     let (client_read, client_write) = match &tls.acceptor {
         None => split_tcp(client),
         Some(acceptor) => match accept_tls(acceptor, client).await {
@@ -88,7 +89,7 @@ pub async fn run(
             }
         },
     };
-    let (upstream_read, upstream_write) = match connect_upstream(&shared, &tls).await {
+    let (upstream_read, upstream_write) = match connect_upstream(&shared, tls).await {
         Ok(halves) => halves,
         Err(e) => {
             shared
