@@ -141,9 +141,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     Ok(())
 }
 
-/// SIGHUP re-reads the config file and swaps in its rewrite rules. An
-/// invalid file is rejected with the reason, and the rules in force stay.
-/// Other settings (addresses, limits) need a restart.
+/// SIGHUP re-reads the config file and swaps in its rewrite rules and TLS
+/// settings, as one `Reloadable` (new connections, explains and health
+/// probes read it when they start). An invalid file is rejected with the
+/// reason, and the settings in force stay. Other settings (addresses,
+/// limits) need a restart.
 async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
