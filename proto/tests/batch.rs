@@ -69,7 +69,10 @@ fn a_truncated_frame_stays_in_the_buffer() {
     for m in &messages {
         for cut in 0..m.len() {
             let mut buf = BytesMut::from(&m[..cut]);
-            assert!(split_batch(&mut buf, MAX).unwrap().is_none(), "cut at {cut}");
+            assert!(
+                split_batch(&mut buf, MAX).unwrap().is_none(),
+                "cut at {cut}"
+            );
             assert_eq!(&buf[..], &m[..cut], "nothing consumed at {cut}");
         }
     }
@@ -134,7 +137,10 @@ fn growth_follows_the_claim_in_bounded_steps() {
     reserve_next(&mut buf, MAX);
     let cap = buf.capacity();
     assert!(cap >= m.len() + MAX_GROWTH, "room for the next step: {cap}");
-    assert!(cap <= 2 * (m.len() + MAX_GROWTH), "grew past one step: {cap}");
+    assert!(
+        cap <= 2 * (m.len() + MAX_GROWTH),
+        "grew past one step: {cap}"
+    );
     // A small frame's rest: at least what is missing.
     let small = frame(2013, 1, 0, &[0; 3000], 0);
     let mut buf = BytesMut::from(&small[..20]);

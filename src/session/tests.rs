@@ -1,8 +1,10 @@
+use super::tls_io::split_io;
 use super::*;
+use crate::observer::Observe;
 use bson::rawdoc;
-use mongotap_proto::{op_msg, MAX_MESSAGE_LEN};
+use mongotap_proto::{op_msg, DecodeError, MAX_MESSAGE_LEN};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::DuplexStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// Forwards every frame unchanged.
 struct PassThrough;
@@ -88,13 +90,14 @@ async fn tls_tail_is_flushed_when_the_socket_was_full() {
     let forward = tokio::spawn(async move {
         pipe(
             Side::Upstream,
-            source,
+            FrameReader::new(
+                source,
+                Side::Upstream,
+                MAX_MESSAGE_LEN,
+                Duration::from_secs(60),
+            ),
             server_write,
-            Limits {
-                frame: MAX_MESSAGE_LEN,
-                frame_timeout: Duration::from_secs(60),
-                gate: None,
-            },
+            None,
             &mut PassThrough,
         )
         .await
