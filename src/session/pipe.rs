@@ -59,6 +59,8 @@ where
             // arrives with the drain is not forwarded.
             Some(draining) => tokio::select! {
                 biased;
+                // Parked for good: the session ends once the replies owed
+                // are in, or at the drain deadline.
                 () = draining => return std::future::pending().await,
                 batch = frames.next_batch() => batch?,
             },
