@@ -86,6 +86,24 @@ fn histogram_family(
     Ok(())
 }
 
+/// `mongotap_tls_handshake_failures_total{side}`: kept apart from
+/// decode errors, since no frame was ever read.
+fn tls_failures(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(
+        "mongotap_tls_handshake_failures",
+        "TLS handshakes that failed, by the side that was being connected (a plaintext client on a TLS listener counts on side client)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (side, n) in [
+        ("client", &s.counters.tls_handshake_failures_client),
+        ("upstream", &s.counters.tls_handshake_failures_upstream),
+    ] {
+        ConstCounter::new(n.load(Relaxed)).encode(family.encode_family(&[("side", side)])?)?;
+    }
+    Ok(())
+}
+
 /// `mongotap_rewrites_total{command,field}` (enforced) and the same for
 /// dry-run as `mongotap_rewrites_dry_run_total`.
 fn rewrites(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Error> {
@@ -195,6 +213,7 @@ impl Collector for ProxyCollector {
             "Malformed frames (each closed its connection)",
             c.decode_errors.load(Relaxed),
         )?;
+        tls_failures(&mut enc, s)?;
         counter(
             &mut enc,
             "mongotap_unknown_opcodes",

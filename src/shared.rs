@@ -25,6 +25,12 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     pub upstream_connect_errors: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// TLS from clients that failed: a failed or timed-out handshake, or a
+    /// client speaking plaintext to a TLS listener.
+    pub tls_handshake_failures_client: AtomicU64,
+    /// TLS handshakes with the upstream that failed (also counted in
+    /// `upstream_connect_errors`: the connection was never made).
+    pub tls_handshake_failures_upstream: AtomicU64,
     pub unknown_opcodes: AtomicU64,
     /// Requests with moreToCome (w:0 writes): no reply expected.
     pub fire_and_forget: AtomicU64,

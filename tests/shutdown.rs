@@ -136,3 +136,50 @@ async fn sigterm_past_the_drain_deadline_reports_what_was_cut_off() {
     assert!(exited >= Duration::from_millis(drain_ms));
     assert_eq!(reported, 5, "each cut-off command is reported");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_a_new_command_is_not_forwarded_and_the_pending_reply_still_arrives() {
+    let upstream = slow_upstream(Duration::from_secs(1)).await;
+    let config = "[proxy]\ndrain_timeout_ms = 5000\n";
+    let (mut tap, _dir) = util::start_with_config(upstream.addr, config).await;
+    let mut clients = pending_finds(&tap, 1).await;
+    let (mut c, find_id) = clients.pop().expect("one client");
+
+    signal(tap.pid(), "TERM");
+    tap.wait_for(T, |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shutting down"))
+    })
+    .await
+    .expect("no `shutting down` line after SIGTERM");
+    // A new command on the connection that is already open.
+    let (_, ping) = request(&rawdoc! { "ping": 1, "$db": "admin" });
+    c.send(&ping).await;
+
+    let reply = c.recv(T).await.expect("the pending find's reply");
+    assert_eq!(util::response_to(&reply), find_id);
+    let waited = Instant::now();
+    assert!(
+        c.recv(T).await.is_none(),
+        "the command sent after SIGTERM got a reply"
+    );
+    // Closed once the find's reply was delivered, not left open.
+    assert!(
+        waited.elapsed() < T / 2,
+        "closed after {:?}",
+        waited.elapsed()
+    );
+    let status = tap.terminate(T);
+    assert!(status.success(), "mongotap exited with {status}");
+    let names: Vec<String> = upstream.received().iter().map(|r| r.name()).collect();
+    assert!(
+        !names.iter().any(|n| n == "ping"),
+        "the command sent after SIGTERM reached the upstream: {names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| *n == "find").count(),
+        1,
+        "{names:?}"
+    );
+}

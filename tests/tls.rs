@@ -841,14 +841,102 @@ async fn plaintext_client_on_tls_port_is_named() {
     ping(&client)
         .await
         .expect("TLS client after plaintext ones");
+    // Counted as failed TLS handshakes (the driver's, which may retry, and
+    // the raw socket's), not as malformed frames: no frame was read.
+    assert!(
+        metric(
+            &tap,
+            "mongotap_tls_handshake_failures_total{side=\"client\"}"
+        ) >= 2.0
+    );
+    assert_eq!(metric(&tap, "mongotap_decode_errors_total"), 0.0);
+}
+
+/// The value of one series in `/metrics`, as `name{labels}` is printed.
+fn metric(tap: &Mongotap, series: &str) -> f64 {
     let (status, metrics) = tap.admin_get("/metrics");
     assert_eq!(status, 200);
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("mongotap_decode_errors_total") && !l.ends_with(" 0")),
-        "decode errors not counted:\n{metrics}"
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
+}
+
+/// Waits until `series` reaches `want` (the session counts after the
+/// client saw its connection close), then checks it stays there.
+async fn metric_reaches(tap: &Mongotap, series: &str, want: f64) {
+    let deadline = Instant::now() + EVENT;
+    while metric(tap, series) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(tap, series), want, "{series}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plaintext_client_on_a_tls_port_is_one_tls_failure_and_no_decode_error() {
+    let dir = tempdir();
+    let ca = Ca::new(dir.path(), "proxy");
+    let upstream = Scripted::start(default_reply).await;
+    let tap = proxy(
+        upstream.addr,
+        &write_config(
+            dir.path(),
+            &client_section(&ca.server("proxy-server"), None),
+        ),
     );
+    let mut raw = TcpStream::connect(tap.listen).await.expect("connect");
+    assert!(raw_command(&mut raw, &hello()).await.is_err());
+    metric_reaches(
+        &tap,
+        "mongotap_tls_handshake_failures_total{side=\"client\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &tap,
+            "mongotap_tls_handshake_failures_total{side=\"upstream\"}"
+        ),
+        0.0
+    );
+    assert_eq!(metric(&tap, "mongotap_decode_errors_total"), 0.0);
+    assert_eq!(metric(&tap, "mongotap_upstream_connect_errors_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failed_upstream_handshake_is_one_upstream_tls_failure() {
+    let dir = tempdir();
+    let ca = Ca::new(dir.path(), "db");
+    let elsewhere = ca.issue(
+        "elsewhere",
+        "db.example.com",
+        &["db.example.com"],
+        Leaf::Server,
+    );
+    let (addr, _server) = handshake_only_server(&elsewhere).await;
+    let tap = proxy(
+        addr,
+        &write_config(dir.path(), &upstream_section(&ca, "localhost", None)),
+    );
+    // One plaintext client, one connection mongotap tries to open.
+    let mut raw = TcpStream::connect(tap.listen).await.expect("connect");
+    assert!(raw_command(&mut raw, &hello()).await.is_err());
+    metric_reaches(
+        &tap,
+        "mongotap_tls_handshake_failures_total{side=\"upstream\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &tap,
+            "mongotap_tls_handshake_failures_total{side=\"client\"}"
+        ),
+        0.0
+    );
+    assert_eq!(metric(&tap, "mongotap_upstream_connect_errors_total"), 1.0);
+    assert_eq!(metric(&tap, "mongotap_decode_errors_total"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,10 @@
+use super::tls_io::split_io;
 use super::*;
+use crate::observer::Observe;
 use bson::rawdoc;
-use mongotap_proto::{op_msg, MAX_MESSAGE_LEN};
+use mongotap_proto::{op_msg, DecodeError, MAX_MESSAGE_LEN};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::DuplexStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// Forwards every frame unchanged.
 struct PassThrough;
@@ -88,13 +90,14 @@ async fn tls_tail_is_flushed_when_the_socket_was_full() {
     let forward = tokio::spawn(async move {
         pipe(
             Side::Upstream,
-            source,
+            FrameReader::new(
+                source,
+                Side::Upstream,
+                MAX_MESSAGE_LEN,
+                Duration::from_secs(60),
+            ),
             server_write,
-            Limits {
-                frame: MAX_MESSAGE_LEN,
-                frame_timeout: Duration::from_secs(60),
-                gate: None,
-            },
+            None,
             &mut PassThrough,
         )
         .await
@@ -120,4 +123,83 @@ async fn tls_tail_is_flushed_when_the_socket_was_full() {
     );
     assert_eq!(got, reply);
     drop(upstream);
+}
+
+/// Records each write call, to check how many syscalls a batch costs.
+#[derive(Default)]
+struct Writes(Vec<Vec<u8>>);
+
+impl tokio::io::AsyncWrite for Writes {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.push(buf.to_vec());
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Replaces the frame with request id `id` by `with`.
+struct Replace {
+    id: i32,
+    with: Vec<u8>,
+}
+
+impl Observe for Replace {
+    fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        let id = i32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        Ok((id == self.id).then(|| self.with.clone()))
+    }
+}
+
+/// Frames that arrive in one read leave in one write; a rewritten frame
+/// is spliced in between the untouched bytes around it.
+#[tokio::test]
+async fn one_read_of_frames_is_one_write_and_a_rewrite_is_spliced_in() {
+    let frames: Vec<Vec<u8>> = (1..=3)
+        .map(|id| op_msg::encode(id, 0, 0, &rawdoc! { "ping": 1 }, &[]))
+        .collect();
+    let rewritten = op_msg::encode(2, 0, 0, &rawdoc! { "ping": 1, "maxTimeMS": 5 }, &[]);
+    async fn run<O: Observe>(frames: &[Vec<u8>], observer: &mut O) -> Vec<Vec<u8>> {
+        let (mut peer, source) = tokio::io::duplex(64 * 1024);
+        peer.write_all(&frames.concat()).await.expect("feed");
+        drop(peer);
+        let mut out = Writes::default();
+        let reader = FrameReader::new(
+            source,
+            Side::Upstream,
+            MAX_MESSAGE_LEN,
+            Duration::from_secs(60),
+        );
+        pipe(Side::Upstream, reader, &mut out, None, observer)
+            .await
+            .expect("clean EOF");
+        out.0
+    }
+    let writes = run(&frames, &mut PassThrough).await;
+    assert_eq!(writes, vec![frames.concat()]);
+    let mut replace = Replace {
+        id: 2,
+        with: rewritten.clone(),
+    };
+    let writes = run(&frames, &mut replace).await;
+    assert_eq!(
+        writes,
+        vec![frames[0].clone(), rewritten, frames[2].clone()]
+    );
 }
