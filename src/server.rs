@@ -151,6 +151,9 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
         return;
     };
     loop {
+        // Cancel-safe: `Signal::recv` loses no signal when another branch
+        // wins (a SIGHUP that arrives meanwhile is still pending), and the
+        // reload runs outside the select, so shutdown never cuts one short.
         tokio::select! {
             _ = hup.recv() => {}
             _ = stop.cancelled() => return,
@@ -210,6 +213,8 @@ async fn wait_for_signal(drain: CancellationToken) {
         warn!("cannot install signal handlers; SIGTERM will not drain");
         return;
     };
+    // Cancel-safe: `Signal::recv` loses nothing when the other branch wins,
+    // and the function ends either way.
     tokio::select! {
         _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
         _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
