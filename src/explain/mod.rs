@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 mod render;
@@ -133,6 +135,10 @@ struct Inner {
     running: AtomicUsize,
     /// Explains not started because MAX_RUNNING were in progress.
     dropped: AtomicU64,
+    /// The running explains, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled on shutdown: an explain with no maxTimeMS can run long.
+    stop: CancellationToken,
 }
 
 /// What an explain task needs from the pending command.
@@ -217,6 +223,8 @@ impl Explainer {
                 last: DashMap::new(),
                 running: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
+                tasks: TaskTracker::new(),
+                stop: CancellationToken::new(),
             })
         });
         Explainer { inner }
@@ -298,7 +306,16 @@ impl Explainer {
             body: body.clone(),
             elapsed,
         };
-        handle.spawn(run(slot, job));
+        inner.tasks.spawn_on(run(slot, job), &handle);
+    }
+
+    /// Stops the running explains (they log nothing more) and waits for
+    /// them to end; one started later returns at once.
+    pub async fn stop(&self) {
+        let Some(inner) = &self.inner else { return };
+        inner.stop.cancel();
+        inner.tasks.close();
+        inner.tasks.wait().await;
     }
 }
 
@@ -311,11 +328,16 @@ async fn run(slot: Slot, job: Job) {
         0 => UNLIMITED_BUDGET,
         ms => CONNECT_TIMEOUT + Duration::from_millis(ms) + GRACE,
     };
-    let result = match tokio::time::timeout(budget, explain(inner, &job)).await {
-        Ok(r) => r,
-        Err(_) => Err(ExplainError::Timeout {
-            ms: budget.as_millis() as u64,
-        }),
+    // Dropping `explain` mid-flight leaves its connection mid-frame, which
+    // is fine: the connection is its own and is dropped with it.
+    let result = tokio::select! {
+        r = tokio::time::timeout(budget, explain(inner, &job)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(ExplainError::Timeout {
+                ms: budget.as_millis() as u64,
+            }),
+        },
+        _ = inner.stop.cancelled() => return,
     };
     let explain_ms = started.elapsed().as_millis() as u64;
     match result {
