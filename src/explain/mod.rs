@@ -12,6 +12,7 @@
 //! pipeline shape per `interval_ms`.
 
 use crate::config::ExplainConfig;
+use crate::events::command_event;
 use crate::meta::{ClientMeta, CommandSummary};
 use crate::tracker::Pending;
 use crate::upstream_client::{ClientError, TlsUpstream, UpstreamClient};
@@ -27,7 +28,6 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
 
 mod render;
 pub use render::{render_explain, stage_stats};
@@ -277,14 +277,11 @@ impl Explainer {
             Admit::Go(slot) => slot,
             Admit::RateLimited => return,
             Admit::Busy { dropped_total } => {
-                debug!(
-                    event = "explain_dropped",
-                    conn = p.conn,
-                    request_id = p.request_id,
-                    db = &*p.summary.db,
-                    collection = &*p.summary.collection,
-                    stages = &*p.summary.shape,
-                    dropped_total,
+                command_event!(
+                    debug,
+                    p,
+                    "explain_dropped",
+                    { dropped_total, },
                     "not explaining {}: {MAX_RUNNING} explains are already running",
                     p.summary.command
                 );
@@ -411,23 +408,17 @@ fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
     let stage_stats = stage_stats(reply);
     let (explain, explain_truncated) = render_explain(reply, inner.log_values);
     let p = &job.summary;
-    info!(
-        event = "explained",
-        conn = job.conn,
-        request_id = job.request_id,
-        client = %job.client,
-        app = &*job.meta.app,
-        driver = %job.meta.driver_label(),
-        command = &*p.command,
-        db = &*p.db,
-        collection = &*p.collection,
-        stages = &*p.shape,
-        comment = job.comment.as_deref(),
-        elapsed_ms = job.elapsed.as_millis() as u64,
-        explain_ms,
-        stage_stats = stage_stats.as_deref(),
-        explain = %explain,
-        explain_truncated,
+    command_event!(
+        info,
+        job,
+        "explained",
+        {
+            elapsed_ms = job.elapsed.as_millis() as u64,
+            explain_ms,
+            stage_stats = stage_stats.as_deref(),
+            explain = %explain,
+            explain_truncated,
+        },
         "explained {} on {}.{} ({}): {}",
         p.command,
         p.db,
@@ -439,23 +430,17 @@ fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
 
 fn explain_failed(job: &Job, e: &ExplainError, explain_ms: u64) {
     let p = &job.summary;
-    warn!(
-        event = "explain_failed",
-        conn = job.conn,
-        request_id = job.request_id,
-        client = %job.client,
-        app = &*job.meta.app,
-        driver = %job.meta.driver_label(),
-        command = &*p.command,
-        db = &*p.db,
-        collection = &*p.collection,
-        stages = &*p.shape,
-        comment = job.comment.as_deref(),
-        elapsed_ms = job.elapsed.as_millis() as u64,
-        explain_ms,
-        code = e.code(),
-        code_name = e.code_name(),
-        reason = %e,
+    command_event!(
+        warn,
+        job,
+        "explain_failed",
+        {
+            elapsed_ms = job.elapsed.as_millis() as u64,
+            explain_ms,
+            code = e.code(),
+            code_name = e.code_name(),
+            reason = %e,
+        },
         "could not explain {} on {}.{}: {e}",
         p.command,
         p.db,
