@@ -401,7 +401,25 @@ fn stall_hint(p: &Pending) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::expected_failure;
+    use super::{expected_failure, Shape};
+    use bson::rawdoc;
+    use mongotap_proto::CommandView;
+
+    /// The `stages` a `started` or `rewritten` event logs is the pipeline's
+    /// stage names joined with '>', as the tracked command's shape is.
+    #[test]
+    fn a_views_shape_is_its_stage_names_joined() {
+        let doc = rawdoc! {
+            "aggregate": "orders",
+            "pipeline": [{ "$match": { "x": 1 } }, { "$group": { "_id": "$y" } }, { "$sort": { "_id": 1 } }],
+            "cursor": {},
+            "$db": "shop",
+        };
+        let view = CommandView::parse(&doc).unwrap();
+        assert_eq!(Shape(&view).to_string(), "$match>$group>$sort");
+        let find = rawdoc! { "find": "orders", "$db": "shop" };
+        assert_eq!(Shape(&CommandView::parse(&find).unwrap()).to_string(), "");
+    }
 
     /// The failures every mongosh session and every driver's close on
     /// FerretDB produce are recognised, each with its reason.

@@ -141,9 +141,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // Every task has the abort token; this bound only matters if one is
     // stuck, and then the runtime's drop ends it.
     let stopped = async {
+        // First, so running explains are cancelled now, not after the rest.
+        shared.explainer.stop().await;
         tasks.wait().await;
         background.wait().await;
-        shared.explainer.stop().await;
     };
     if tokio::time::timeout(Duration::from_secs(2), stopped)
         .await
