@@ -83,6 +83,12 @@ ensure_rust() {
         export PATH=$HOME/.cargo/bin:$PATH
     fi
     command -v cargo >/dev/null || die "cargo not found: install Rust 1.85+ with rustup"
+    # scripts/test runs clippy; rustup's minimal profile leaves it out.
+    if ! cargo clippy --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || die "cargo clippy not found: install the clippy component"
+        step "installing clippy (rustup component add clippy)"
+        rustup component add clippy
+    fi
 }
 
 # FerretDB v1.24.2 needs Go >= 1.24. Go 1.21+ fetches a newer toolchain through

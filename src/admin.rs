@@ -14,14 +14,16 @@ use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 type S = State<Arc<Shared>>;
 
-/// Binds and serves the admin endpoint; returns its address, or `None`
-/// when it is disabled.
+/// Binds and serves the admin endpoint in a task on `tasks` that ends on
+/// `stop`; returns its address, or `None` when it is disabled.
 pub async fn start(
     shared: Arc<Shared>,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> anyhow::Result<Option<SocketAddr>> {
     let listen = shared.config.admin.listen.clone();
     if listen.is_empty() {
@@ -48,7 +50,7 @@ pub async fn start(
         .route("/capture/start", post(capture_start))
         .route("/capture/stop", post(capture_stop))
         .with_state(shared);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

@@ -14,47 +14,111 @@ use bson::raw::RawArray;
 use mongotap_proto::{CommandView, ReplyView};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-/// Emits a tracing event at `$level` with the identity fields of the
-/// command `$p` (a `Pending` entry, or a requestID and the request's facts),
-/// then any extra fields and the message.
-macro_rules! command_event {
-    ($level:ident, $p:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
-        let p: &Pending = $p;
-        command_event!($level, p.request_id, p.facts(), $event, { $($extra)* }, $($msg)+)
-    }};
-    ($level:ident, $request_id:expr, $facts:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
-        let p: &RequestFacts = $facts;
-        $level!(
+/// Emits a tracing event at `$level` with the command-identity fields,
+/// then any extra fields and the message. The one place those fields are
+/// named, so every event spells them alike. `request_id`, `client` and
+/// `comment` are Options (a leaked cursor has no request); a `None` is left
+/// out. Like any tracing field, the values are only evaluated when the
+/// event is enabled.
+macro_rules! identity_event {
+    (
+        $level:ident, $event:literal,
+        id: {
+            conn: $conn:expr, request_id: $request_id:expr, client: $client:expr,
+            meta: $meta:expr, command: $command:expr, db: $db:expr,
+            collection: $collection:expr, stages: $stages:expr, comment: $comment:expr $(,)?
+        },
+        { $($extra:tt)* }, $($msg:tt)+
+    ) => {
+        tracing::$level!(
             event = $event,
-            conn = p.conn,
+            conn = $conn,
             request_id = $request_id,
-            client = %p.client,
-            app = &*p.meta.app,
-            driver = %p.meta.driver_label(),
-            command = &*p.summary.command,
-            db = &*p.summary.db,
-            collection = &*p.summary.collection,
-            stages = &*p.summary.shape,
-            comment = p.comment.as_deref(),
+            client = $client.map(tracing::field::display),
+            app = &*$meta.app,
+            driver = %$meta.driver_label(),
+            command = $command,
+            db = $db,
+            collection = $collection,
+            stages = $stages,
+            comment = $comment,
             $($extra)*
             $($msg)+
+        )
+    };
+}
+pub(crate) use identity_event;
+
+/// `identity_event!` for a pending command `$p`, or for a requestID and
+/// the request's facts (what an explain's job and the watchdog hold).
+macro_rules! command_event {
+    ($level:ident, $p:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
+        let p: &$crate::tracker::Pending = $p;
+        $crate::events::command_event!($level, p.request_id, p.facts(), $event, { $($extra)* }, $($msg)+)
+    }};
+    ($level:ident, $request_id:expr, $facts:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
+        let p: &$crate::tracker::RequestFacts = $facts;
+        $crate::events::identity_event!(
+            $level, $event,
+            id: {
+                conn: p.conn, request_id: Some($request_id), client: Some(p.client),
+                meta: p.meta, command: &*p.summary.command, db: &*p.summary.db,
+                collection: &*p.summary.collection, stages: &*p.summary.shape,
+                comment: p.comment.as_deref(),
+            },
+            { $($extra)* }, $($msg)+
+        )
+    }};
+}
+pub(crate) use command_event;
+
+/// `identity_event!` for a command being forwarded, before it is tracked.
+/// It has no rendered comment yet (that needs `watch.log_values`).
+macro_rules! view_event {
+    ($level:ident, $conn:expr, $request_id:expr, $view:expr, $meta:expr, $event:literal, { $($extra:tt)* }, $($msg:tt)+) => {{
+        let (conn, view): (&ConnState, &CommandView<'_>) = ($conn, $view);
+        identity_event!(
+            $level, $event,
+            id: {
+                conn: conn.id.conn, request_id: Some($request_id), client: Some(conn.id.client),
+                meta: $meta, command: view.name, db: view.db.unwrap_or(""),
+                collection: view.collection().unwrap_or(""), stages: tracing::field::display(Shape(view)),
+                comment: None::<&str>,
+            },
+            { $($extra)* }, $($msg)+
         )
     }};
 }
 
+/// A view's stage names joined with '>', like `CommandSummary::shape`,
+/// written only when an event is logged.
+struct Shape<'v, 'a>(&'v CommandView<'a>);
+
+impl std::fmt::Display for Shape<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, stage) in self.0.stages().enumerate() {
+            if i > 0 {
+                f.write_str(">")?;
+            }
+            f.write_str(stage)?;
+        }
+        Ok(())
+    }
+}
+
 pub fn started(conn: &ConnState, request_id: i32, view: &CommandView<'_>, meta: &ClientMeta) {
-    debug!(
-        event = "started",
-        conn = conn.id.conn,
+    view_event!(
+        debug,
+        conn,
         request_id,
-        client = %conn.id.client,
-        app = &*meta.app,
-        command = view.name,
-        db = view.db.unwrap_or(""),
-        collection = view.collection().unwrap_or(""),
-        "started {}", view.name
+        view,
+        meta,
+        "started",
+        {},
+        "started {}",
+        view.name
     );
 }
 
@@ -74,17 +138,9 @@ pub fn rewritten(
     let what = crate::rewrite::describe(changes);
     macro_rules! emit {
         ($level:ident) => {
-            $level!(
-                event = "rewritten",
-                conn = conn.id.conn,
-                request_id,
-                client = %conn.id.client,
-                app = &*meta.app,
-                command = view.name,
-                db = view.db.unwrap_or(""),
-                collection = view.collection().unwrap_or(""),
-                changes = %what,
-                dry_run,
+            view_event!(
+                $level, conn, request_id, view, meta, "rewritten",
+                { changes = %what, dry_run, },
                 "{}{} {what}", if dry_run { "dry-run: would rewrite " } else { "rewrote " }, view.name
             )
         };
@@ -226,21 +282,23 @@ pub fn unmatched_reply(
 }
 
 pub fn cursor_leaked(id: i64, c: &CursorInfo, now: Instant, reason: &str) {
-    warn!(
-        event = "cursor_leaked",
+    identity_event!(
+        warn, "cursor_leaked",
+        id: {
+            conn: c.conn, request_id: None::<i32>, client: None::<std::net::SocketAddr>,
+            meta: c.meta, command: &*c.summary.command, db: &*c.summary.db,
+            collection: &*c.summary.collection, stages: &*c.summary.shape,
+            comment: None::<&str>,
+        },
+        {
         cursor_id = id,
-        conn = c.conn,
-        app = &*c.meta.app,
-        command = &*c.summary.command,
-        db = &*c.summary.db,
-        collection = &*c.summary.collection,
-        stages = &*c.summary.shape,
         batches = c.batches,
         documents = c.documents,
         get_mores = c.get_mores,
         age_ms = ms(now.saturating_duration_since(c.opened)),
         idle_ms = ms(now.saturating_duration_since(c.last_activity)),
         reason,
+        },
         "cursor {id} left open: {reason}"
     );
 }
@@ -351,7 +409,25 @@ fn stall_hint(p: &RequestFacts) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::expected_failure;
+    use super::{expected_failure, Shape};
+    use bson::rawdoc;
+    use mongotap_proto::CommandView;
+
+    /// The `stages` a `started` or `rewritten` event logs is the pipeline's
+    /// stage names joined with '>', as the tracked command's shape is.
+    #[test]
+    fn a_views_shape_is_its_stage_names_joined() {
+        let doc = rawdoc! {
+            "aggregate": "orders",
+            "pipeline": [{ "$match": { "x": 1 } }, { "$group": { "_id": "$y" } }, { "$sort": { "_id": 1 } }],
+            "cursor": {},
+            "$db": "shop",
+        };
+        let view = CommandView::parse(&doc).unwrap();
+        assert_eq!(Shape(&view).to_string(), "$match>$group>$sort");
+        let find = rawdoc! { "find": "orders", "$db": "shop" };
+        assert_eq!(Shape(&CommandView::parse(&find).unwrap()).to_string(), "");
+    }
 
     /// The failures every mongosh session and every driver's close on
     /// FerretDB produce are recognised, each with its reason.

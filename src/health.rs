@@ -142,8 +142,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        // Dropping a probe mid-flight poisons its connection; nothing uses
-        // it after shutdown.
+        // `probe` is not cancel-safe (a hello half written or half read
+        // leaves the connection mid-frame), but it is dropped only on
+        // shutdown, after which nothing uses the connection.
         let result = tokio::select! {
             r = probe(&shared, &mut conn, timeout) => r,
             _ = stop.cancelled() => return,

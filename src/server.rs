@@ -47,7 +47,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
+    // Sessions: the drain waits on these.
     let tasks = TaskTracker::new();
+    // Everything else that runs for the proxy's lifetime (signals, SIGHUP
+    // reload, watchdog, health probe, admin endpoint). Kept apart from
+    // `tasks` because they outlive the drain (stalls during a drain still
+    // matter, /metrics still answers) and stop on abort instead.
+    let background = TaskTracker::new();
 
     if shared.config.capture.enabled {
         shared
@@ -55,7 +61,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             .start()
             .context("cannot start capture (capture.enabled)")?;
     }
-    let admin_addr = match crate::admin::start(shared.clone(), shutdown.abort.clone()).await? {
+    let admin = crate::admin::start(shared.clone(), shutdown.abort.clone(), &background).await?;
+    let admin_addr = match admin {
         Some(addr) => addr.to_string(),
         None => "disabled".to_string(),
     };
@@ -65,19 +72,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         upstream = %shared.config.proxy.upstream,
         "listening"
     );
-    tokio::spawn(wait_for_signal(shutdown.drain.clone()));
+    background.spawn(wait_for_signal(shutdown.clone()));
     if let Some(path) = config_path {
-        tokio::spawn(reload_on_hangup(
+        background.spawn(reload_on_hangup(
             shared.clone(),
             path,
             shutdown.abort.clone(),
         ));
     }
-    // Background tasks outlive the drain (stalls during a drain still
-    // matter) and stop on abort; they are not in `tasks`, which the drain
-    // waits on.
-    tokio::spawn(crate::watchdog::run(shared.clone(), shutdown.abort.clone()));
-    tokio::spawn(crate::health::run(shared.clone(), shutdown.abort.clone()));
+    background.spawn(crate::watchdog::run(shared.clone(), shutdown.abort.clone()));
+    background.spawn(crate::health::run(shared.clone(), shutdown.abort.clone()));
+    background.close();
 
     loop {
         // `accept` is cancel-safe: a connection not yet returned stays queued.
@@ -133,7 +138,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         );
     }
     shutdown.abort.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    // Every task has the abort token; this bound only matters if one is
+    // stuck, and then the runtime's drop ends it.
+    let stopped = async {
+        // First, so running explains are cancelled now, not after the rest.
+        shared.explainer.stop().await;
+        tasks.wait().await;
+        background.wait().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(2), stopped)
+        .await
+        .is_err()
+    {
+        warn!("some tasks did not stop within 2 s of the drain deadline");
+    }
     // Flush and close the capture file last, after the final frames.
     let s = shared.clone();
     let _ = tokio::task::spawn_blocking(move || s.capture.stop()).await;
@@ -153,6 +171,9 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
         return;
     };
     loop {
+        // Cancel-safe: `Signal::recv` loses no signal when another branch
+        // wins (a SIGHUP that arrives meanwhile is still pending), and the
+        // reload runs outside the select, so shutdown never cuts one short.
         tokio::select! {
             _ = hup.recv() => {}
             _ = stop.cancelled() => return,
@@ -204,7 +225,9 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
     }
 }
 
-async fn wait_for_signal(drain: CancellationToken) {
+/// Starts the drain on SIGTERM or SIGINT; ends without one on abort (the
+/// proxy stopping for another reason), so the tracker can finish.
+async fn wait_for_signal(shutdown: Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -213,9 +236,12 @@ async fn wait_for_signal(drain: CancellationToken) {
         warn!("cannot install signal handlers; SIGTERM will not drain");
         return;
     };
+    // Cancel-safe: `Signal::recv` loses nothing when another branch wins,
+    // and the function ends either way.
     tokio::select! {
         _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
         _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        _ = shutdown.abort.cancelled() => return,
     }
-    drain.cancel();
+    shutdown.drain.cancel();
 }

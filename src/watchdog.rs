@@ -25,6 +25,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_cursor_sweep = Instant::now();
     loop {
+        // Cancel-safe: a tick not yet taken stays due, and `cancelled` holds
+        // no state; the sweep runs outside the select, so it is never cut off.
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,

@@ -3,6 +3,10 @@
 //! capture bytes and in the logs, drops under a tiny channel, rotation, and
 //! the token on the admin capture routes.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use futures_util::TryStreamExt;

@@ -3,6 +3,10 @@
 //! closed stdout is no panic, errors name the key or flag to change and say
 //! the OS's reason once, and listen addresses may be host names.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use std::collections::HashMap;

@@ -5,6 +5,10 @@
 //! abandoned. The scripted upstream is for what a real server will not do
 //! on demand: fail a find, send a stray reply, or never answer.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/prom.rs"]
 mod prom;
 #[path = "support/scripted.rs"]

@@ -25,6 +25,10 @@
 //! scripts/clients.sh, which exports where they are; the Rust workload is a
 //! module compiled into this test (tests/clients/rust/workload.rs).
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "clients/rust/workload.rs"]
 mod rust_client;
 #[path = "support/scripted.rs"]

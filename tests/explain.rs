@@ -3,6 +3,10 @@
 //! against a scripted MongoDB-style upstream, what FerretDB really returns,
 //! and SCRAM-SHA-256 against FerretDB with authentication on.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;

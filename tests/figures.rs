@@ -6,6 +6,10 @@
 //! gets it). The delays straddle the Prometheus bucket bounds and the HDR
 //! histogram's growth, from 5 ms to 2.5 s.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/prom.rs"]
 mod prom;
 #[path = "support/scripted.rs"]

@@ -4,6 +4,10 @@
 //! If mongotap changed, dropped or misrouted a single frame, a document, a
 //! count, an error code or the number of getMore round trips would differ.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use std::collections::HashMap;

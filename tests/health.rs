@@ -3,6 +3,10 @@
 //! restarts, the start-up warning for an upstream nobody listens on, and
 //! /inflight leaving out commands that wait by design.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;

@@ -5,6 +5,10 @@
 //! connection with a `decode_error` event that says what was wrong, while an
 //! already-open second connection keeps getting answers.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use std::net::SocketAddr;

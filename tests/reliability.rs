@@ -6,6 +6,10 @@
 //! Figures are printed with `println!`; see them with
 //! `cargo test --test reliability -- --nocapture`.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;

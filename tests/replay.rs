@@ -5,6 +5,10 @@
 //! by a second mongotap in front of B, which shows what replay put on the
 //! wire: its own handshake, new request ids, live cursor ids, rewrites.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use futures_util::TryStreamExt;

@@ -4,6 +4,10 @@
 //! built independently from the expected command document, so an extra,
 //! missing, moved or retyped byte anywhere fails the test.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;

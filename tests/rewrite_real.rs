@@ -10,6 +10,10 @@
 //! count, and rejects it on distinct (`FailedToParse: unknown field`), so a
 //! rule naming distinct breaks distinct on FerretDB.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use std::process::Stdio;

@@ -4,6 +4,10 @@
 //! driver reach neither the logs nor a capture, and a client cannot blow up
 //! /stats with label values.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;

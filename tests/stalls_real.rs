@@ -2,6 +2,10 @@
 //! SIGSTOP while a real driver's aggregate is in flight, then killed, then
 //! restarted; a client dies with a command pending; a cursor is left open.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use mongodb::bson::{doc, Document};

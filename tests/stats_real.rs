@@ -2,6 +2,10 @@
 //! mongotap to real FerretDB, and a driver's monitoring connection left to
 //! run: it must produce no stall and no slow latency sample.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod support;
 
 use serde_json::Value;

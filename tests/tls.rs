@@ -7,6 +7,10 @@
 //! PEM into the test's own temporary directory, so nothing depends on the
 //! machine's trust store or on files that expire.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;

@@ -2,6 +2,10 @@
 //! forwarding, fire-and-forget, exhaust and streaming hello, stalls,
 //! never-replied and abandoned commands, failures and their hints.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;

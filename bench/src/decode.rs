@@ -9,6 +9,9 @@
 //! document's top-level elements, keys only or keys and values. mongotap's
 //! parsers make one such pass each, plus what they read from the values.
 
+// Printing results is what a benchmark binary is for.
+#![allow(clippy::print_stdout)]
+
 use bson::RawDocument;
 use mongotap_bench::{cursor_reply, request_body, Flag, Flags};
 use mongotap_proto::{op_msg, CommandView, ReplyView};
@@ -98,6 +101,7 @@ impl Timer {
     /// Prints the mean ns per call of `f`, after a warm-up of a tenth as
     /// many calls. `f` returns something so that its work is not optimized
     /// away; `None` means the input did not decode, which is a bug here.
+    #[allow(clippy::expect_used, reason = "a frame that fails to decode is a bug")]
     fn line<T>(&self, name: &str, mut f: impl FnMut() -> Option<T>) {
         for _ in 0..self.iterations / 10 {
             black_box(f());

@@ -6,6 +6,9 @@
 //! flags, and pulling clap into this package would change the workspace's
 //! Cargo.lock, which another crate owns.
 
+// Printing results is what a benchmark binary is for.
+#![allow(clippy::print_stdout)]
+
 use anyhow::{anyhow, bail, Context};
 use std::str::FromStr;
 

@@ -3,6 +3,10 @@
 //! out as one `Bytes`; split and merged reads, a bad length after good
 //! frames, and growth towards a large claimed frame.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use bytes::BytesMut;

@@ -2,6 +2,10 @@
 //! truncated frames, lengths that must be refused before allocating, and
 //! sniffing other protocols sent to the MongoDB port.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use bytes::BytesMut;

@@ -1,6 +1,10 @@
 //! CommandView: the fields mongotap reads from a command body, borrowed
 //! from an OP_MSG that went through decode and parse.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use bson::raw::RawBsonRef;

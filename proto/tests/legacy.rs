@@ -1,6 +1,10 @@
 //! OP_QUERY and OP_REPLY, the legacy handshake's opcodes: round trips and
 //! malformed messages.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use bson::{rawdoc, RawDocumentBuf};

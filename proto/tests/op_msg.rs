@@ -1,6 +1,10 @@
 //! OP_MSG: round trips through encode -> decode -> parse, checksums, flag
 //! bits, and every way the sections can be malformed.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use bson::{rawdoc, RawDocumentBuf};

@@ -2,6 +2,10 @@
 //! parse unchanged, and no input, however malformed, makes any decoder or
 //! parser panic.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use bson::spec::BinarySubtype;

@@ -1,5 +1,9 @@
 //! ReplyView: what mongotap reads from a reply body.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use bson::rawdoc;
 use mongotap_proto::ReplyView;
 

@@ -9,6 +9,10 @@
 //! the numeric types. Rewritten bodies are then re-encoded as OP_MSG with
 //! document sequences, whose bytes must survive unchanged with a valid CRC.
 
+// A test's helpers unwrap, expect and print on purpose: a panic there is a
+// failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use bson::spec::BinarySubtype;
 use bson::{Binary, Bson, Document, RawDocument, RawDocumentBuf};
 use mongotap_proto::command::as_i64;

@@ -12,6 +12,7 @@
 //! pipeline shape per `interval_ms`.
 
 use crate::config::ExplainConfig;
+use crate::events::command_event;
 use crate::reload::Settings;
 use crate::tracker::RequestFacts;
 use crate::upstream_client::{ClientError, UpstreamClient};
@@ -24,7 +25,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod render;
 pub use render::{render_explain, stage_stats};
@@ -134,6 +136,10 @@ struct Inner {
     running: AtomicUsize,
     /// Explains not started because MAX_RUNNING were in progress.
     dropped: AtomicU64,
+    /// The running explains, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled on shutdown: an explain with no maxTimeMS can run long.
+    stop: CancellationToken,
 }
 
 /// What an explain task needs from the pending command.
@@ -219,6 +225,8 @@ impl Explainer {
                 last: DashMap::new(),
                 running: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
+                tasks: TaskTracker::new(),
+                stop: CancellationToken::new(),
             })
         });
         Explainer { inner }
@@ -262,14 +270,12 @@ impl Explainer {
             Admit::Go(slot) => slot,
             Admit::RateLimited => return,
             Admit::Busy { dropped_total } => {
-                debug!(
-                    event = "explain_dropped",
-                    conn = p.conn,
+                command_event!(
+                    debug,
                     request_id,
-                    db = &*p.summary.db,
-                    collection = &*p.summary.collection,
-                    stages = &*p.summary.shape,
-                    dropped_total,
+                    p,
+                    "explain_dropped",
+                    { dropped_total, },
                     "not explaining {}: {MAX_RUNNING} explains are already running",
                     p.summary.command
                 );
@@ -287,7 +293,16 @@ impl Explainer {
             body: body.clone(),
             elapsed,
         };
-        handle.spawn(run(slot, job));
+        inner.tasks.spawn_on(run(slot, job), &handle);
+    }
+
+    /// Stops the running explains (they log nothing more) and waits for
+    /// them to end; one started later returns at once.
+    pub async fn stop(&self) {
+        let Some(inner) = &self.inner else { return };
+        inner.stop.cancel();
+        inner.tasks.close();
+        inner.tasks.wait().await;
     }
 }
 
@@ -300,11 +315,16 @@ async fn run(slot: Slot, job: Job) {
         0 => UNLIMITED_BUDGET,
         ms => CONNECT_TIMEOUT + Duration::from_millis(ms) + GRACE,
     };
-    let result = match tokio::time::timeout(budget, explain(inner, &job)).await {
-        Ok(r) => r,
-        Err(_) => Err(ExplainError::Timeout {
-            ms: budget.as_millis() as u64,
-        }),
+    // Dropping `explain` mid-flight leaves its connection mid-frame, which
+    // is fine: the connection is its own and is dropped with it.
+    let result = tokio::select! {
+        r = tokio::time::timeout(budget, explain(inner, &job)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(ExplainError::Timeout {
+                ms: budget.as_millis() as u64,
+            }),
+        },
+        _ = inner.stop.cancelled() => return,
     };
     let explain_ms = started.elapsed().as_millis() as u64;
     match result {
@@ -378,24 +398,19 @@ pub fn explain_command(
 fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
     let stage_stats = stage_stats(reply);
     let (explain, explain_truncated) = render_explain(reply, inner.log_values);
-    let (f, p) = (&job.facts, &job.facts.summary);
-    info!(
-        event = "explained",
-        conn = f.conn,
-        request_id = job.request_id,
-        client = %f.client,
-        app = &*f.meta.app,
-        driver = %f.meta.driver_label(),
-        command = &*p.command,
-        db = &*p.db,
-        collection = &*p.collection,
-        stages = &*p.shape,
-        comment = f.comment.as_deref(),
-        elapsed_ms = job.elapsed.as_millis() as u64,
-        explain_ms,
-        stage_stats = stage_stats.as_deref(),
-        explain = %explain,
-        explain_truncated,
+    let p = &job.facts.summary;
+    command_event!(
+        info,
+        job.request_id,
+        &job.facts,
+        "explained",
+        {
+            elapsed_ms = job.elapsed.as_millis() as u64,
+            explain_ms,
+            stage_stats = stage_stats.as_deref(),
+            explain = %explain,
+            explain_truncated,
+        },
         "explained {} on {}.{} ({}): {}",
         p.command,
         p.db,
@@ -406,24 +421,19 @@ fn explained(inner: &Inner, job: &Job, reply: &RawDocument, explain_ms: u64) {
 }
 
 fn explain_failed(job: &Job, e: &ExplainError, explain_ms: u64) {
-    let (f, p) = (&job.facts, &job.facts.summary);
-    warn!(
-        event = "explain_failed",
-        conn = f.conn,
-        request_id = job.request_id,
-        client = %f.client,
-        app = &*f.meta.app,
-        driver = %f.meta.driver_label(),
-        command = &*p.command,
-        db = &*p.db,
-        collection = &*p.collection,
-        stages = &*p.shape,
-        comment = f.comment.as_deref(),
-        elapsed_ms = job.elapsed.as_millis() as u64,
-        explain_ms,
-        code = e.code(),
-        code_name = e.code_name(),
-        reason = %e,
+    let p = &job.facts.summary;
+    command_event!(
+        warn,
+        job.request_id,
+        &job.facts,
+        "explain_failed",
+        {
+            elapsed_ms = job.elapsed.as_millis() as u64,
+            explain_ms,
+            code = e.code(),
+            code_name = e.code_name(),
+            reason = %e,
+        },
         "could not explain {} on {}.{}: {e}",
         p.command,
         p.db,

@@ -117,6 +117,8 @@ mod tests {
         let mut gate = gated(counted);
         let mut ticks = 0;
         loop {
+            // Cancel-safe: `gate` is polled by reference and survives the
+            // sleep branch winning; a fresh sleep each round is the point.
             tokio::select! {
                 _ = &mut gate => break,
                 _ = tokio::time::sleep(Duration::from_millis(5)) => ticks += 1,

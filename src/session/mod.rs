@@ -146,6 +146,8 @@ pub async fn run(
         // The control branch is gated: frames wake this task all the time,
         // and only its own wakeups make it poll the tokens and the timer.
         let mut control = gate::gated(control(&abort, &drain, &mut flush, draining));
+        // Cancel-safe: the pipes are pinned across iterations (see above),
+        // and `control` is (see `control`).
         let event = tokio::select! {
             r = &mut to_upstream => break End::new(Side::Client, r),
             r = &mut to_client => break End::new(Side::Upstream, r),
@@ -198,6 +200,11 @@ async fn control(
     flush: &mut tokio::time::Interval,
     draining: bool,
 ) -> Control {
+    // Cancel-safe: this future is dropped whenever a frame wins the outer
+    // select. `cancelled` holds no state, a tick not taken stays due, and
+    // the drain check's 5 ms sleep restarts, which only defers the check
+    // while frames keep flowing (abort bounds the wait). Biased so abort
+    // wins over a due tick.
     tokio::select! {
         biased;
         _ = abort.cancelled() => Control::Abort,

@@ -96,6 +96,7 @@ impl Series {
     fn new() -> Series {
         // Sized for the largest value recorded so far, not for 1 h up
         // front: most series never see a slow command.
+        #[allow(clippy::expect_used, reason = "constant bounds; only bad bounds fail")]
         let mut all = Histogram::new_with_bounds(1, 2, HIST_SIGFIG)
             .expect("constant histogram bounds are valid");
         all.auto(true);

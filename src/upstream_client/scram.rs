@@ -127,6 +127,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length.
+    #[allow(clippy::expect_used, reason = "new_from_slice never fails for HMAC")]
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data);
     mac.finalize().into_bytes().into()
