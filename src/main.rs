@@ -3,33 +3,19 @@
 //! long.
 
 mod admin;
+mod background;
 mod capture;
-mod compat;
 mod config;
-mod cursors;
-mod error;
-mod events;
-mod explain;
-mod export;
-mod health;
-mod inspect;
-mod listen;
 mod logging;
-mod meta;
-mod metrics;
-mod observer;
+mod mongo_client;
+mod observe;
+mod proxy;
 mod reload;
-mod replay;
-mod rewrite;
-mod server;
-mod session;
 mod shared;
-mod stats;
 mod stdout;
-mod tls;
-mod tracker;
-mod upstream_client;
-mod watchdog;
+
+use capture::{export, replay};
+use proxy::{server, tls};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};

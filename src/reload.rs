@@ -6,8 +6,8 @@
 //! certificates after a reload.
 
 use crate::config::Config;
-use crate::rewrite::Policy;
-use crate::tls::{Tls, TlsError};
+use crate::observe::policy::Policy;
+use crate::proxy::tls::{Tls, TlsError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 

@@ -1,16 +1,16 @@
 //! The one piece of state every session shares, passed in as `Arc<Shared>`
 //! (never a global, so tests can run many proxies in one process).
 
+use crate::background::explain::Explainer;
+use crate::background::health::Health;
 use crate::capture::Capture;
 use crate::config::Config;
-use crate::cursors::Cursors;
-use crate::explain::Explainer;
-use crate::health::Health;
-use crate::meta::{ClientMeta, CommandSummary, Interner};
+use crate::observe::cursors::Cursors;
+use crate::observe::meta::{ClientMeta, CommandSummary, Interner};
+use crate::observe::stats::Stats;
+use crate::observe::tracker::Tracker;
+use crate::proxy::tls::Tls;
 use crate::reload::{self, Reloadable, Settings};
-use crate::stats::Stats;
-use crate::tls::Tls;
-use crate::tracker::Tracker;
 use dashmap::DashMap;
 use mongotap_proto::rewrite::FieldChange;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};

@@ -114,3 +114,22 @@ impl<'a> ReplyView<'a> {
         })
     }
 }
+
+/// Names for the codes operators meet when an aggregation hangs or fails.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        50 => "MaxTimeMSExpired",
+        146 => "ExceededMemoryLimit",
+        292 => "QueryExceededMemoryLimitNoDiskUseAllowed",
+        43 => "CursorNotFound",
+        11601 => "Interrupted",
+        262 => "ExceededTimeLimit",
+        11000 => "DuplicateKey",
+        13 => "Unauthorized",
+        18 => "AuthenticationFailed",
+        26 => "NamespaceNotFound",
+        59 => "CommandNotFound",
+        72 => "InvalidOptions",
+        _ => "",
+    }
+}

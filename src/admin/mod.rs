@@ -1,0 +1,216 @@
+//! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
+//! /stats/shapes, /inflight, /cursors. Loopback by default; a token is
+//! required to bind anywhere else, and then on every route but /healthz and
+//! /readyz.
+
+pub mod metrics;
+
+use crate::shared::Shared;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::HeaderMap;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+type S = State<Arc<Shared>>;
+
+/// Serves the admin endpoint on `listener` (bound by the caller, which
+/// names the setting in a bind error) in a task on `tasks` that ends on
+/// `stop`; returns its address.
+pub fn start(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/stats", get(stats))
+        .route("/stats/shapes", get(shapes))
+        .route("/inflight", get(inflight))
+        .route("/cursors", get(cursors))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
+        // No token: orchestrators' readiness probes and load balancers'
+        // health checks seldom can carry a secret, and the answer holds
+        // nothing from client traffic (the configured upstream address and
+        // the probe's own error).
+        .route("/readyz", get(readyz))
+        .route("/capture/start", post(capture_start))
+        .route("/capture/stop", post(capture_stop))
+        .with_state(shared);
+    tasks.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(addr)
+}
+
+async fn require_token(State(shared): S, req: Request, next: Next) -> Response {
+    if let Some(token) = &shared.config.admin.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "admin.token is set: send Authorization: Bearer <token>\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn metrics(State(shared): S) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::admin::metrics::render(shared),
+    )
+}
+
+async fn stats(State(shared): S) -> impl IntoResponse {
+    Json(serde_json::json!({ "commands": shared.stats.command_rows() }))
+}
+
+async fn shapes(State(shared): S) -> impl IntoResponse {
+    Json(serde_json::json!({ "shapes": shared.stats.shape_rows() }))
+}
+
+/// 200 while the upstream answers the health probe's hello, 503 with the
+/// last error while it does not.
+async fn readyz(State(shared): S) -> impl IntoResponse {
+    let r = shared
+        .health
+        .readiness(&shared.config.proxy.upstream, std::time::Instant::now());
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(r.body))
+}
+
+/// By default only commands that can be stuck; `?all=true` adds the ones
+/// that wait by design (awaitable hellos, awaitData getMores).
+async fn inflight(State(shared): S, RawQuery(query): RawQuery) -> Response {
+    let all = match parse_all(query.as_deref()) {
+        Ok(all) => all,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    Json(shared.tracker.snapshot(shared.config.watch.stall_ms, all)).into_response()
+}
+
+/// The `all` parameter of /inflight: `true` or `false`, absent meaning
+/// false. Other parameters are ignored.
+fn parse_all(query: Option<&str>) -> Result<bool, String> {
+    let mut all = false;
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "all" {
+            continue;
+        }
+        all = match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err("/inflight: `all` must be true or false\n".into()),
+        };
+    }
+    Ok(all)
+}
+
+async fn cursors(State(shared): S) -> impl IntoResponse {
+    Json(shared.cursors.snapshot())
+}
+
+/// The capture routes need `capture.control_token`, whatever admin.token is:
+/// starting a capture writes client traffic to disk.
+fn capture_allowed(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &shared.config.capture.control_token else {
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                "capture control is off: set capture.control_token in the config\n",
+            )
+                .into_response(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token.as_str()) {
+        return Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <capture.control_token>\n",
+            )
+                .into_response(),
+        ));
+    }
+    Ok(())
+}
+
+async fn capture_start(State(shared): S, headers: HeaderMap) -> Response {
+    if let Err(r) = capture_allowed(&shared, &headers) {
+        return *r;
+    }
+    match shared.capture.start() {
+        Ok(path) => {
+            Json(serde_json::json!({"capturing": true, "path": path.display().to_string()}))
+                .into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn capture_stop(State(shared): S, headers: HeaderMap) -> Response {
+    if let Err(r) = capture_allowed(&shared, &headers) {
+        return *r;
+    }
+    // Joining the writer thread waits for its last flush: keep it off the
+    // async workers.
+    let s = shared.clone();
+    let was_running = tokio::task::spawn_blocking(move || s.capture.stop())
+        .await
+        .unwrap_or(false);
+    Json(serde_json::json!({
+        "capturing": false,
+        "was_running": was_running,
+        "written": shared.capture.written.load(std::sync::atomic::Ordering::Relaxed),
+        "dropped": shared.capture.dropped.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_all;
+
+    #[test]
+    fn all_is_true_or_false() {
+        assert_eq!(parse_all(None), Ok(false));
+        assert_eq!(parse_all(Some("")), Ok(false));
+        assert_eq!(parse_all(Some("all=true")), Ok(true));
+        assert_eq!(parse_all(Some("x=1&all=true")), Ok(true));
+        assert_eq!(parse_all(Some("all=false")), Ok(false));
+        assert!(parse_all(Some("all=1")).is_err());
+        assert!(parse_all(Some("all")).is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! The reply side: correlation by responseTo, latency samples, failures,
+//! cursors and capture of every reply.
+
+use super::{ConnState, Observe};
+use crate::observe::cursors::CursorInfo;
+use crate::observe::events;
+use crate::observe::tracker::RequestFacts;
+use mongotap_proto::capture::Direction;
+use mongotap_proto::message::{with_message, Message};
+use mongotap_proto::{DecodeError, ReplyView};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+pub struct ReplyObserver<'a> {
+    conn: &'a ConnState,
+}
+
+impl<'a> ReplyObserver<'a> {
+    pub fn new(conn: &'a ConnState) -> Self {
+        ReplyObserver { conn }
+    }
+
+    fn reply(
+        &mut self,
+        frame: &[u8],
+        (request_id, response_to): (i32, i32),
+        reply: &ReplyView<'_>,
+        more: bool,
+        now: Instant,
+    ) {
+        let shared = &self.conn.shared;
+        let tracked = shared.config.watch.track;
+        let pending = if tracked {
+            self.conn.inflight.remove(response_to)
+        } else {
+            None
+        };
+        // Capture keeps its own record of what it captured, so replies are
+        // captured the same with tracking off. Whether a reply answers no
+        // request at all, the tracker knows; without it, only a w:0 write
+        // is known to expect nothing.
+        self.conn
+            .capture_reply(frame, (request_id, response_to), more, || {
+                if tracked {
+                    pending.is_none()
+                } else {
+                    self.conn.why_unmatched(response_to) == super::Unmatched::MoreToComeRequest
+                }
+            });
+        if !tracked {
+            return;
+        }
+        let Some(mut p) = pending else {
+            shared.counters.unmatched_replies.fetch_add(1, Relaxed);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let why = self.conn.why_unmatched(response_to);
+                events::unmatched_reply(&self.conn.id, (request_id, response_to), reply, why);
+            }
+            return;
+        };
+        if more {
+            // Exhaust cursor or streaming hello: the next reply answers
+            // this one. The command stays open until a reply without
+            // moreToCome.
+            p.request_id = request_id;
+            self.conn.inflight.insert(p);
+            return;
+        }
+        self.conn.slots.notify_one();
+        let facts = p.facts();
+        let elapsed = now.saturating_duration_since(facts.started);
+        self.track_cursor(facts, reply, now);
+        if let Some(hosts) = reply.hosts {
+            events::warn_replica_set_hosts(shared, hosts);
+        }
+        if let Some(wire) = reply.max_wire_version {
+            crate::observe::compat::check(shared, &facts.meta, wire);
+        }
+        if facts.awaiting {
+            return;
+        }
+        let error = reply.is_error();
+        let micros = elapsed.as_micros() as u64;
+        {
+            let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples.push(
+                &facts.summary,
+                &facts.meta,
+                micros,
+                error,
+                now,
+                &shared.stats,
+            );
+        }
+        if error {
+            shared.counters.failed.fetch_add(1, Relaxed);
+            events::failed(&p, reply, elapsed);
+        } else if shared.config.watch.command_log {
+            events::succeeded(&p, elapsed);
+        }
+        // The watchdog's notes, final now that the entry is out of the table.
+        if !p.watch().explained() {
+            shared.explainer.maybe_explain(p.request_id, facts, elapsed);
+        }
+        let was_stalled = p.watch().stall_reports() > 0;
+        let slow_ms = shared.config.watch.slow_ms;
+        if elapsed.as_millis() as u64 >= slow_ms || was_stalled {
+            events::slow(&p, elapsed, was_stalled);
+        }
+    }
+
+    fn track_cursor(&self, p: &RequestFacts, reply: &ReplyView<'_>, now: Instant) {
+        let cursors = &self.conn.shared.cursors;
+        match &*p.summary.command {
+            "find" | "aggregate" => {
+                if let Some(id) = reply.cursor_id.filter(|&id| id != 0) {
+                    cursors.open(
+                        id,
+                        CursorInfo {
+                            conn: p.conn,
+                            summary: p.summary.clone(),
+                            meta: p.meta.clone(),
+                            awaiting: p.opens_awaiting_cursor,
+                            batches: 1,
+                            documents: reply.batch_len() as u64,
+                            get_mores: 0,
+                            opened: now,
+                            last_activity: now,
+                        },
+                    );
+                }
+            }
+            "getMore" => {
+                if let Some(id) = p.cursor_id {
+                    let exhausted = reply.cursor_id == Some(0) || reply.is_failure();
+                    cursors.batch(id, reply.batch_len(), exhausted, now);
+                }
+            }
+            "killCursors" => {
+                for id in p.killed_cursors.iter() {
+                    cursors.close(*id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Observe for ReplyObserver<'_> {
+    fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        let now = self.conn.touch();
+        let limit = self.conn.shared.config.proxy.max_frame_bytes;
+        with_message(frame, limit, |header, _compressor, message| {
+            match message {
+                Message::Msg(msg) => {
+                    let view = ReplyView::parse(msg.body)?;
+                    let ids = (header.request_id, header.response_to);
+                    self.reply(frame, ids, &view, msg.more_to_come(), now);
+                }
+                Message::Reply(r) => {
+                    let view = match r.first() {
+                        Some(doc) => ReplyView::parse(doc)?,
+                        None => ReplyView::default(),
+                    };
+                    let ids = (header.request_id, header.response_to);
+                    self.reply(frame, ids, &view, false, now);
+                }
+                Message::Query(_) => {
+                    self.conn.capture(frame, Direction::ToClient, None);
+                }
+                Message::Unknown => {
+                    self.conn.capture(frame, Direction::ToClient, None);
+                    self.conn
+                        .shared
+                        .counters
+                        .unknown_opcodes
+                        .fetch_add(1, Relaxed);
+                }
+            }
+            Ok(None)
+        })?
+    }
+}

@@ -1,0 +1,259 @@
+//! The listener: accepts clients, spawns one session task each, and on
+//! SIGINT/SIGTERM stops accepting, drains in-flight commands with a
+//! deadline, then returns.
+
+use crate::config::Config;
+use crate::proxy::listen::Setting;
+use crate::observe::ConnId;
+use crate::proxy::session::{self, Shutdown};
+use crate::proxy::tls::Tls;
+use crate::reload::Reloadable;
+use crate::shared::Shared;
+use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Each proxied connection holds two descriptors (client and upstream):
+/// raise the soft limit to the hard one, and say when max_connections
+/// cannot be reached.
+fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let needed = max_connections as u64 * 2 + 64;
+            if limit < needed {
+                warn!(
+                    fd_limit = limit,
+                    max_connections,
+                    "the open-file limit ({limit}) allows about {} proxied connections, fewer than proxy.max_connections; raise `ulimit -n` (each connection uses two descriptors)",
+                    limit.saturating_sub(64) / 2
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    raise_fd_limit(config.proxy.max_connections);
+    let listener = crate::proxy::listen::bind(&config.proxy.listen, Setting::Proxy).await?;
+    let listen_addr = listener.local_addr()?;
+    let tls = Tls::load(&config.tls, &config.proxy.upstream).context("cannot load TLS settings")?;
+    let shared = Arc::new(Shared::new(config, tls));
+    let shutdown = Shutdown {
+        drain: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    };
+    // Sessions: the drain waits on these.
+    let tasks = TaskTracker::new();
+    // Everything else that runs for the proxy's lifetime (signals, SIGHUP
+    // reload, watchdog, health probe, admin endpoint). Kept apart from
+    // `tasks` because they outlive the drain (stalls during a drain still
+    // matter, /metrics still answers) and stop on abort instead.
+    let background = TaskTracker::new();
+
+    if shared.config.capture.enabled {
+        shared
+            .capture
+            .start()
+            .context("cannot start capture (capture.enabled)")?;
+    }
+    let admin_listen = &shared.config.admin.listen;
+    let admin_addr = if admin_listen.is_empty() {
+        "disabled".to_string()
+    } else {
+        let listener =
+            crate::proxy::listen::bind(admin_listen, crate::proxy::listen::Setting::Admin).await?;
+        crate::admin::start(shared.clone(), listener, shutdown.abort.clone(), &background)
+            .context("cannot serve the admin endpoint")?
+            .to_string()
+    };
+    info!(
+        listen = %listen_addr,
+        admin = %admin_addr,
+        upstream = %shared.config.proxy.upstream,
+        "listening"
+    );
+    background.spawn(wait_for_signal(shutdown.clone()));
+    if let Some(path) = config_path {
+        background.spawn(reload_on_hangup(
+            shared.clone(),
+            path,
+            shutdown.abort.clone(),
+        ));
+    }
+    background.spawn(crate::background::watchdog::run(
+        shared.clone(),
+        shutdown.abort.clone(),
+    ));
+    background.spawn(crate::background::health::run(
+        shared.clone(),
+        shutdown.abort.clone(),
+    ));
+    background.close();
+
+    loop {
+        // `accept` is cancel-safe: a connection not yet returned stays queued.
+        let (stream, client) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.drain.cancelled() => break,
+        };
+        let Some(active) = shared.try_admit(shared.config.proxy.max_connections) else {
+            shared.counters.connections_refused.fetch_add(1, Relaxed);
+            warn!(
+                event = "connection_refused",
+                client = %client,
+                active = shared.counters.connections_active.load(Relaxed),
+                max_connections = shared.config.proxy.max_connections,
+                "refusing connection: proxy.max_connections reached"
+            );
+            drop(stream);
+            continue;
+        };
+        let id = ConnId {
+            conn: shared.next_conn_id(),
+            client,
+        };
+        tasks.spawn(session::run(
+            shared.clone(),
+            stream,
+            id,
+            shutdown.clone(),
+            active,
+        ));
+    }
+
+    drop(listener);
+    let deadline = Duration::from_millis(shared.config.proxy.drain_timeout_ms);
+    info!(
+        active = shared.counters.connections_active.load(Relaxed),
+        deadline_ms = deadline.as_millis() as u64,
+        "shutting down: no new connections, draining in-flight commands"
+    );
+    tasks.close();
+    if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+        warn!(
+            active = shared.counters.connections_active.load(Relaxed),
+            "drain deadline passed: closing remaining connections"
+        );
+    }
+    shutdown.abort.cancel();
+    // Every task has the abort token; this bound only matters if one is
+    // stuck, and then the runtime's drop ends it.
+    let stopped = async {
+        // First, so running explains are cancelled now, not after the rest.
+        shared.explainer.stop().await;
+        tasks.wait().await;
+        background.wait().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(2), stopped)
+        .await
+        .is_err()
+    {
+        warn!("some tasks did not stop within 2 s of the drain deadline");
+    }
+    // Flush and close the capture file last, after the final frames.
+    let s = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || s.capture.stop()).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP re-reads the config file and swaps in its rewrite rules and TLS
+/// settings, as one `Reloadable` (new connections, explains and health
+/// probes read it when they start). An invalid file is rejected with the
+/// reason, and the settings in force stay. Other settings (addresses,
+/// limits) need a restart.
+async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; config reload is off");
+        return;
+    };
+    loop {
+        // Cancel-safe: `Signal::recv` loses no signal when another branch
+        // wins (a SIGHUP that arrives meanwhile is still pending), and the
+        // reload runs outside the select, so shutdown never cuts one short.
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.cancelled() => return,
+        }
+        // Reading the file and validating (which resolves a host name in
+        // admin.listen) block: keep them off the runtime's threads, which
+        // on a current-thread runtime carry every connection.
+        let file = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            Config::from_file(&file).and_then(|c| c.validate().map(|()| c))
+        })
+        .await;
+        let Ok(loaded) = loaded else {
+            warn!(event = "config_reload_failed", "config reload task failed");
+            continue;
+        };
+        match loaded {
+            Ok(cfg) => {
+                // Certificates first: a bad one rejects the whole reload.
+                let reloaded = match Reloadable::load(&cfg, &shared.config.proxy.upstream) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(
+                            event = "config_reload_failed",
+                            path = %path.display(),
+                            error = %e,
+                            "config reload rejected, the previous settings stay in force: {e}"
+                        );
+                        continue;
+                    }
+                };
+                // One store: certificates and rules change together, for
+                // sessions, explains and the health probe alike.
+                shared.settings.store(Arc::new(reloaded));
+                info!(
+                    event = "config_reloaded",
+                    path = %path.display(),
+                    rules = cfg.rewrite.rule.len(),
+                    "reloaded rewrite rules and TLS certificates from {}", path.display()
+                );
+            }
+            Err(e) => warn!(
+                event = "config_reload_failed",
+                path = %path.display(),
+                error = %e,
+                "config reload rejected, the previous rules stay in force: {e}"
+            ),
+        }
+    }
+}
+
+/// Starts the drain on SIGTERM or SIGINT; ends without one on abort (the
+/// proxy stopping for another reason), so the tracker can finish.
+async fn wait_for_signal(shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; SIGTERM will not drain");
+        return;
+    };
+    // Cancel-safe: `Signal::recv` loses nothing when another branch wins,
+    // and the function ends either way.
+    tokio::select! {
+        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        _ = shutdown.abort.cancelled() => return,
+    }
+    shutdown.drain.cancel();
+}
