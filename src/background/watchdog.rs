@@ -91,33 +91,13 @@ fn due_explains(shared: &Shared, now: Instant) -> Vec<(i32, RequestFacts)> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::observe::meta::{ClientMeta, CommandSummary};
     use crate::observe::tracker::Pending;
     use crate::proxy::tls::Tls;
 
     fn facts(started: Instant, explain: bool) -> RequestFacts {
-        RequestFacts {
-            conn: 1,
-            client: "127.0.0.1:1".parse().expect("address"),
-            meta: Arc::new(ClientMeta::default()),
-            summary: Arc::new(CommandSummary {
-                command: "aggregate".into(),
-                db: "db".into(),
-                collection: "coll".into(),
-                stages: Vec::new(),
-                shape: "".into(),
-                max_time_ms: None,
-                allow_disk_use: None,
-            }),
-            comment: None,
-            started,
-            awaiting: false,
-            opens_awaiting_cursor: false,
-            cursor_id: None,
-            killed_cursors: Vec::new(),
-            injected_max_time: false,
-            explain_body: explain.then(|| Arc::new(bson::rawdoc! { "aggregate": "coll" })),
-        }
+        let mut facts = RequestFacts::for_test("aggregate", started);
+        facts.explain_body = explain.then(|| Arc::new(bson::rawdoc! { "aggregate": "coll" }));
+        facts
     }
 
     /// Reports come at stall_ms, 2×, 4×...; the count is the watchdog's,

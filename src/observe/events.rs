@@ -7,8 +7,8 @@
 use crate::observe::cursors::CursorInfo;
 use crate::observe::meta::ClientMeta;
 use crate::observe::tracker::{Pending, RequestFacts};
-use crate::observe::{ConnState, Unmatched};
 use crate::observe::ConnId;
+use crate::observe::{ConnState, Unmatched};
 use crate::shared::Shared;
 use bson::raw::RawArray;
 use mongotap_proto::reply::code_name;

@@ -267,37 +267,45 @@ impl Tracker {
 }
 
 #[cfg(test)]
+impl RequestFacts {
+    /// A request on conn 1 from 127.0.0.1:1 for `command` on db.coll, with
+    /// nothing else set: the unit tests' starting point.
+    pub(crate) fn for_test(command: &str, started: Instant) -> RequestFacts {
+        RequestFacts {
+            conn: 1,
+            client: "127.0.0.1:1".parse().expect("address"),
+            meta: Arc::new(crate::observe::meta::ClientMeta::default()),
+            summary: Arc::new(CommandSummary {
+                command: command.into(),
+                db: "db".into(),
+                collection: "coll".into(),
+                stages: Vec::new(),
+                shape: "".into(),
+                max_time_ms: None,
+                allow_disk_use: None,
+            }),
+            comment: None,
+            started,
+            awaiting: false,
+            opens_awaiting_cursor: false,
+            cursor_id: None,
+            killed_cursors: Vec::new(),
+            injected_max_time: false,
+            explain_body: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::meta::ClientMeta;
     use std::time::Duration;
 
     fn pending(conn: u64, request_id: i32, started: Instant) -> Pending {
-        Pending::new(
-            request_id,
-            RequestFacts {
-                conn,
-                client: "127.0.0.1:1".parse().expect("address"),
-                meta: Arc::new(ClientMeta::default()),
-                summary: Arc::new(CommandSummary {
-                    command: "find".into(),
-                    db: "db".into(),
-                    collection: "coll".into(),
-                    stages: Vec::new(),
-                    shape: "".into(),
-                    max_time_ms: None,
-                    allow_disk_use: None,
-                }),
-                comment: None,
-                started,
-                awaiting: request_id < 0,
-                opens_awaiting_cursor: false,
-                cursor_id: None,
-                killed_cursors: Vec::new(),
-                injected_max_time: false,
-                explain_body: None,
-            },
-        )
+        let mut facts = RequestFacts::for_test("find", started);
+        facts.conn = conn;
+        facts.awaiting = request_id < 0;
+        Pending::new(request_id, facts)
     }
 
     /// Each connection keeps its own table; the tracker sees them all until

@@ -3,8 +3,8 @@
 //! deadline, then returns.
 
 use crate::config::Config;
-use crate::proxy::listen::Setting;
 use crate::observe::ConnId;
+use crate::proxy::listen::Setting;
 use crate::proxy::session::{self, Shutdown};
 use crate::proxy::tls::Tls;
 use crate::reload::Reloadable;
@@ -68,9 +68,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     } else {
         let listener =
             crate::proxy::listen::bind(admin_listen, crate::proxy::listen::Setting::Admin).await?;
-        crate::admin::start(shared.clone(), listener, shutdown.abort.clone(), &background)
-            .context("cannot serve the admin endpoint")?
-            .to_string()
+        crate::admin::start(
+            shared.clone(),
+            listener,
+            shutdown.abort.clone(),
+            &background,
+        )
+        .context("cannot serve the admin endpoint")?
+        .to_string()
     };
     info!(
         listen = %listen_addr,
