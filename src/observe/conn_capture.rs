@@ -56,6 +56,13 @@ impl ConnCapture {
 }
 
 impl ConnState {
+    /// A frame whose opcode mongotap does not parse, either way: forwarded
+    /// as it is, captured like any frame, and counted.
+    pub(super) fn unknown_opcode(&self, frame: &[u8], direction: Direction) {
+        self.capture(frame, direction, None);
+        self.shared.counters.unknown_opcodes.fetch_add(1, Relaxed);
+    }
+
     /// Captures `frame` when capture is on, this connection is sampled and
     /// the command passes the filters (without a view, when nothing is
     /// filtered). Returns `Some(redacted)` when it was captured.

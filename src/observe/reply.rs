@@ -168,14 +168,7 @@ impl Observe for ReplyObserver<'_> {
                 Message::Query(_) => {
                     self.conn.capture(frame, Direction::ToClient, None);
                 }
-                Message::Unknown => {
-                    self.conn.capture(frame, Direction::ToClient, None);
-                    self.conn
-                        .shared
-                        .counters
-                        .unknown_opcodes
-                        .fetch_add(1, Relaxed);
-                }
+                Message::Unknown => self.conn.unknown_opcode(frame, Direction::ToClient),
             }
             Ok(None)
         })?

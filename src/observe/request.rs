@@ -163,12 +163,7 @@ impl Observe for RequestObserver<'_> {
                 Ok(None)
             }
             Message::Unknown => {
-                self.conn.capture(frame, Direction::ToServer, None);
-                self.conn
-                    .shared
-                    .counters
-                    .unknown_opcodes
-                    .fetch_add(1, Relaxed);
+                self.conn.unknown_opcode(frame, Direction::ToServer);
                 Ok(None)
             }
         })?
