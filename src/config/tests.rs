@@ -1,5 +1,14 @@
 use super::*;
 
+/// The validation error for a config file that parses but cannot work.
+fn invalid(text: &str) -> String {
+    Config::from_toml(text)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn unknown_key_is_named() {
     let err = Config::from_toml("[watch]\nstall_msec = 5\n").unwrap_err();
@@ -29,27 +38,20 @@ fn shipped_example_is_valid() {
 
 #[test]
 fn invalid_values_say_what_to_do() {
-    let bad = |t: &str| {
-        Config::from_toml(t)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string()
-    };
-    assert!(bad("[admin]\nlisten = \"0.0.0.0:9477\"\n").contains("admin.token"));
-    assert!(bad("[proxy]\nmax_frame_bytes = 50000000\n").contains("max_frame_bytes"));
+    assert!(invalid("[admin]\nlisten = \"0.0.0.0:9477\"\n").contains("admin.token"));
+    assert!(invalid("[proxy]\nmax_frame_bytes = 50000000\n").contains("max_frame_bytes"));
     assert!(
-        bad("[[rewrite.rule]]\ncommands = [\"getMore\"]\ndefault_max_time_ms = 5\n")
+        invalid("[[rewrite.rule]]\ncommands = [\"getMore\"]\ndefault_max_time_ms = 5\n")
             .contains("never rewrites")
     );
-    assert!(bad("[[rewrite.rule]]\ncommands = [\"find\"]\n").contains("no action"));
+    assert!(invalid("[[rewrite.rule]]\ncommands = [\"find\"]\n").contains("no action"));
     // Settings a flag also sets name the flag.
     assert_eq!(
-        bad("[proxy]\nupstream = \"db.internal\"\n"),
+        invalid("[proxy]\nupstream = \"db.internal\"\n"),
         "invalid config: proxy.upstream (or --upstream) \"db.internal\" must be HOST:PORT, e.g. 127.0.0.1:27017 or db.internal:27017"
     );
     assert_eq!(
-        bad("[watch]\nstall_ms = 0\n"),
+        invalid("[watch]\nstall_ms = 0\n"),
         "invalid config: watch.stall_ms (or --stall-ms) must be at least 1"
     );
 }
@@ -72,15 +74,8 @@ fn health_probe_settings_are_checked() {
     assert_eq!((c.health.interval_ms, c.health.timeout_ms), (250, 100));
     let d = Config::default().health;
     assert_eq!((d.interval_ms, d.timeout_ms), (2_000, 1_000));
-    let bad = |t: &str| {
-        Config::from_toml(t)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string()
-    };
-    assert!(bad("[health]\ninterval_ms = 10\n").contains("health.interval_ms 10"));
-    assert!(bad("[health]\ntimeout_ms = 0\n").contains("health.timeout_ms"));
+    assert!(invalid("[health]\ninterval_ms = 10\n").contains("health.interval_ms 10"));
+    assert!(invalid("[health]\ntimeout_ms = 0\n").contains("health.timeout_ms"));
     let err = Config::from_toml("[health]\nperiod_ms = 5\n").unwrap_err();
     assert!(err.contains("period_ms"), "{err}");
 }
@@ -183,19 +178,18 @@ fn listen_addresses_may_be_host_names() {
     ] {
         check(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
-    let bad = |t: &str| check(t).unwrap_err().to_string();
     assert_eq!(
-        bad("[proxy]\nlisten = \"localhost\"\n"),
+        invalid("[proxy]\nlisten = \"localhost\"\n"),
         "invalid config: proxy.listen (or --listen) \"localhost\" must be HOST:PORT, e.g. 127.0.0.1:27018, [::1]:27018 or localhost:27018"
     );
     assert_eq!(
-        bad("[admin]\nlisten = \"localhost:99999\"\n"),
+        invalid("[admin]\nlisten = \"localhost:99999\"\n"),
         "invalid config: admin.listen (or --admin) \"localhost:99999\" must be HOST:PORT, e.g. 127.0.0.1:27018, [::1]:27018 or localhost:27018; the port must be a number from 0 to 65535"
     );
-    assert!(bad("[proxy]\nlisten = \"::1:27018\"\n").contains("must be HOST:PORT"));
-    assert!(bad("[proxy]\nlisten = \":27018\"\n").contains("must be HOST:PORT"));
+    assert!(invalid("[proxy]\nlisten = \"::1:27018\"\n").contains("must be HOST:PORT"));
+    assert!(invalid("[proxy]\nlisten = \":27018\"\n").contains("must be HOST:PORT"));
     assert_eq!(
-        bad("[admin]\nlisten = \"0.0.0.0:9477\"\n"),
+        invalid("[admin]\nlisten = \"0.0.0.0:9477\"\n"),
         "invalid config: admin.listen \"0.0.0.0:9477\" is not loopback: set admin.token so the endpoint is not open to the network"
     );
 }
