@@ -41,6 +41,19 @@ fn reader<R: AsyncRead + Unpin>(r: R, side: Side) -> FrameReader<R> {
     FrameReader::new(r, side, MAX_MESSAGE_LEN, Duration::from_secs(60))
 }
 
+/// A client-side reader over an in-memory pipe, and the pipe's other end
+/// to write the client's bytes into.
+fn client_over_duplex(
+    frame_timeout: Duration,
+) -> (
+    tokio::io::DuplexStream,
+    FrameReader<tokio::io::DuplexStream>,
+) {
+    let (peer, stream) = tokio::io::duplex(64 * 1024);
+    let reader = FrameReader::new(stream, Side::Client, MAX_MESSAGE_LEN, frame_timeout);
+    (peer, reader)
+}
+
 fn chunked(stream: &[u8], sizes: &[usize]) -> Chunks {
     let mut chunks = VecDeque::new();
     let mut at = 0;
@@ -193,13 +206,7 @@ async fn a_client_speaking_http_is_named() {
 #[tokio::test]
 async fn a_frame_that_does_not_complete_in_time_is_a_slow_sender() {
     let m = msg(1, 100);
-    let (mut peer, stream) = tokio::io::duplex(64 * 1024);
-    let mut r = FrameReader::new(
-        stream,
-        Side::Client,
-        MAX_MESSAGE_LEN,
-        Duration::from_millis(200),
-    );
+    let (mut peer, mut r) = client_over_duplex(Duration::from_millis(200));
     peer.write_all(&m[..30]).await.unwrap();
     let started = Instant::now();
     let trickle = async {
@@ -234,13 +241,7 @@ async fn a_frame_that_does_not_complete_in_time_is_a_slow_sender() {
 #[tokio::test]
 async fn waiting_for_a_new_frame_has_no_deadline_and_a_cancelled_read_loses_nothing() {
     let m = msg(1, 100);
-    let (mut peer, stream) = tokio::io::duplex(64 * 1024);
-    let mut r = FrameReader::new(
-        stream,
-        Side::Client,
-        MAX_MESSAGE_LEN,
-        Duration::from_millis(50),
-    );
+    let (mut peer, mut r) = client_over_duplex(Duration::from_millis(50));
     // Idle between frames: past the frame timeout is no error.
     let idle = tokio::time::timeout(Duration::from_millis(150), r.next_batch()).await;
     assert!(idle.is_err(), "an idle stream returned {idle:?}");
