@@ -4,6 +4,7 @@
 //! keep the config they started with.
 
 use crate::config::{TlsClientSide, TlsConfig, TlsUpstreamSide};
+use crate::mongo_client::TlsUpstream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -93,10 +94,7 @@ pub fn acceptor(side: &TlsClientSide) -> Result<TlsAcceptor, TlsError> {
 }
 
 /// The connector for upstream connections, and the name it verifies.
-pub fn connector(
-    side: &TlsUpstreamSide,
-    upstream: &str,
-) -> Result<(TlsConnector, ServerName<'static>), TlsError> {
+pub fn connector(side: &TlsUpstreamSide, upstream: &str) -> Result<TlsUpstream, TlsError> {
     let store = match &side.ca {
         Some(ca) => roots("upstream CA", ca)?,
         None => {
@@ -133,7 +131,7 @@ pub fn connector(
 #[derive(Clone, Default)]
 pub struct Tls {
     pub acceptor: Option<TlsAcceptor>,
-    pub connector: Option<(TlsConnector, ServerName<'static>)>,
+    pub connector: Option<TlsUpstream>,
 }
 
 impl Tls {
