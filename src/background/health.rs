@@ -196,13 +196,7 @@ async fn probe(
             Ok(Ok(_)) => return Ok(()),
             // A server too slow to answer is down; waiting again for a new
             // connection would only double the time to say so.
-            Err(_) => {
-                return Err(ClientError::Timeout {
-                    addr: addr.clone(),
-                    command: "hello".into(),
-                    ms: timeout.as_millis() as u64,
-                })
-            }
+            Err(_) => return Err(ClientError::timed_out(addr, "hello", timeout)),
             // The kept connection can die while the server is fine (a
             // restart, a firewall's idle timeout): a new one decides.
             Ok(Err(_)) => *conn = None,

@@ -57,6 +57,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// `command` to `addr` got no answer within `after`.
+    pub fn timed_out(addr: &str, command: &str, after: std::time::Duration) -> ClientError {
+        ClientError::Timeout {
+            addr: addr.to_string(),
+            command: command.to_string(),
+            ms: after.as_millis() as u64,
+        }
+    }
+
     /// The server's error code, when the server answered `ok: 0`.
     pub fn code(&self) -> Option<i32> {
         match self {

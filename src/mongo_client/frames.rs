@@ -11,7 +11,7 @@ use super::{ClientError, UpstreamClient};
 use bson::RawDocument;
 use mongotap_proto::message::{with_message, Message};
 use mongotap_proto::op_msg::{self, MORE_TO_COME};
-use mongotap_proto::{Frame, OpCode, HEADER_LEN, MAX_MESSAGE_LEN};
+use mongotap_proto::{Frame, Header, OpCode, MAX_MESSAGE_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where the conversation on the connection stands. Only a whole write or
@@ -52,18 +52,18 @@ impl UpstreamClient {
         if self.state != State::Idle {
             return Err(self.poisoned());
         }
-        if frame.len() < HEADER_LEN {
+        let Some(header) = Header::parse(frame) else {
             return Err(ClientError::ShortFrame {
                 addr: self.addr.clone(),
                 len: frame.len(),
             });
-        }
-        let id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        };
+        let fire_and_forget = header.op_code == OpCode::Msg
+            && op_msg::flags(frame).is_some_and(|f| f & MORE_TO_COME != 0);
+        // Ids run 1, 2, ... and wrap to 1 after i32::MAX.
+        let id = self.last_request_id.wrapping_add(1).max(1);
         frame[4..8].copy_from_slice(&id.to_le_bytes());
         frame[8..12].copy_from_slice(&0i32.to_le_bytes());
-        let fire_and_forget = frame.get(12..16) == Some(&OpCode::Msg.as_i32().to_le_bytes()[..])
-            && op_msg::flags(frame).is_some_and(|f| f & MORE_TO_COME != 0);
         self.last_request_id = id;
         self.state = State::Writing;
         self.stream
@@ -123,10 +123,7 @@ impl UpstreamClient {
             Message::Reply(r) => r.first().map(|d| (f(d), false, header.op_code)),
             _ => None,
         })
-        .map_err(|source| ClientError::Decode {
-            addr: self.addr.clone(),
-            source,
-        })?;
+        .map_err(|source| self.decode(source))?;
         let Some((value, more_to_come, op_code)) = parsed else {
             return Err(self.unexpected(format!(
                 "opcode {:?} with no document in reply to request {want}",
@@ -148,13 +145,8 @@ impl UpstreamClient {
     /// The next whole frame off the stream.
     async fn next_frame(&mut self) -> Result<Frame, ClientError> {
         loop {
-            let decoded =
-                mongotap_proto::decode(&mut self.buf, MAX_MESSAGE_LEN).map_err(|source| {
-                    ClientError::Decode {
-                        addr: self.addr.clone(),
-                        source,
-                    }
-                })?;
+            let decoded = mongotap_proto::decode(&mut self.buf, MAX_MESSAGE_LEN)
+                .map_err(|source| self.decode(source))?;
             if let Some(frame) = decoded {
                 return Ok(frame);
             }

@@ -41,9 +41,8 @@ pub struct UpstreamClient {
     stream: Box<dyn Stream>,
     /// Bytes read past the last whole frame.
     buf: BytesMut,
-    /// The id the next request goes out under.
-    next_request_id: i32,
-    /// The id of the last request sent: replies to earlier ones are strays.
+    /// The id of the last request sent (0 before the first): the next goes
+    /// out under the one after it, and replies to earlier ones are strays.
     last_request_id: i32,
     /// For error messages.
     addr: String,
@@ -111,7 +110,6 @@ impl UpstreamClient {
         UpstreamClient {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
-            next_request_id: 1,
             last_request_id: 0,
             addr: addr.to_string(),
             state: State::Idle,
@@ -173,6 +171,13 @@ impl UpstreamClient {
         ClientError::Unexpected {
             addr: self.addr.clone(),
             what,
+        }
+    }
+
+    fn decode(&self, source: mongotap_proto::DecodeError) -> ClientError {
+        ClientError::Decode {
+            addr: self.addr.clone(),
+            source,
         }
     }
 

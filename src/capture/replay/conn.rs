@@ -40,7 +40,7 @@ pub async fn open(
             client.auth_scram_sha256(&c.username, &c.password, &c.db),
         )
         .await
-        .map_err(|_| timed_out(target, "the SCRAM-SHA-256 login", timeout))??;
+        .map_err(|_| ClientError::timed_out(target, "the SCRAM-SHA-256 login", timeout))??;
     }
     Ok(client)
 }
@@ -59,7 +59,7 @@ pub async fn reply(
         // of this connection stops on the error anyway.
         let next = tokio::time::timeout(timeout, client.read_reply(summary))
             .await
-            .map_err(|_| timed_out(client.addr(), command, timeout))??;
+            .map_err(|_| ClientError::timed_out(client.addr(), command, timeout))??;
         let Some(one) = next else {
             return Ok(out);
         };
@@ -76,14 +76,6 @@ pub async fn reply(
         if one.cursor_id.is_some() {
             out.cursor_id = one.cursor_id;
         }
-    }
-}
-
-fn timed_out(target: &str, command: &str, timeout: Duration) -> ClientError {
-    ClientError::Timeout {
-        addr: target.to_string(),
-        command: command.to_string(),
-        ms: timeout.as_millis() as u64,
     }
 }
 
