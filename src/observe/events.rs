@@ -155,6 +155,12 @@ pub fn rewritten(
     }
 }
 
+/// Whether this module's debug events are logged: for callers that would
+/// otherwise prepare data only such an event reads.
+pub fn debug_enabled() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+}
+
 pub fn succeeded(p: &Pending, elapsed: Duration) {
     command_event!(debug, p, "succeeded", { duration_ms = ms(elapsed), }, "succeeded");
 }
@@ -168,6 +174,10 @@ pub fn failed(p: &Pending, reply: &ReplyView<'_>, elapsed: Duration) {
     // about the application: it stays counted, but logs below info.
     let why_expected = code.and_then(|c| expected_failure(&p.facts().summary.command, c));
     let expected = why_expected.is_some();
+    // Logged at debug, usually off: do not build its hint for nothing.
+    if expected && !debug_enabled() {
+        return;
+    }
     let hint = why_expected
         .map(str::to_string)
         .or_else(|| hint(p.facts(), code));

@@ -52,7 +52,7 @@ impl<'a> ReplyObserver<'a> {
         }
         let Some(mut p) = pending else {
             shared.counters.unmatched_replies.fetch_add(1, Relaxed);
-            if tracing::enabled!(tracing::Level::DEBUG) {
+            if events::debug_enabled() {
                 let why = self.conn.why_unmatched(response_to);
                 events::unmatched_reply(&self.conn.id, (request_id, response_to), reply, why);
             }
