@@ -85,28 +85,12 @@ macro_rules! view_event {
             id: {
                 conn: conn.id.conn, request_id: Some($request_id), client: Some(conn.id.client),
                 meta: $meta, command: view.name, db: view.db.unwrap_or(""),
-                collection: view.collection().unwrap_or(""), stages: tracing::field::display(Shape(view)),
+                collection: view.collection().unwrap_or(""), stages: tracing::field::display($crate::observe::meta::Shape(view)),
                 comment: None::<&str>,
             },
             { $($extra)* }, $($msg)+
         )
     }};
-}
-
-/// A view's stage names joined with '>', like `CommandSummary::shape`,
-/// written only when an event is logged.
-struct Shape<'v, 'a>(&'v CommandView<'a>);
-
-impl std::fmt::Display for Shape<'_, '_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, stage) in self.0.stages().enumerate() {
-            if i > 0 {
-                f.write_str(">")?;
-            }
-            f.write_str(stage)?;
-        }
-        Ok(())
-    }
 }
 
 pub fn started(conn: &ConnState, request_id: i32, view: &CommandView<'_>, meta: &ClientMeta) {
@@ -396,7 +380,8 @@ fn stall_hint(p: &RequestFacts) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{expected_failure, Shape};
+    use super::expected_failure;
+    use crate::observe::meta::Shape;
     use bson::rawdoc;
     use mongotap_proto::CommandView;
 

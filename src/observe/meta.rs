@@ -74,15 +74,27 @@ pub struct CommandSummary {
     pub allow_disk_use: Option<bool>,
 }
 
+/// A command's pipeline shape: its stage names joined with '>'
+/// (`$match>$group`). Written where it is needed: once into a
+/// `CommandSummary`, or straight into a log event.
+pub struct Shape<'v, 'a>(pub &'v CommandView<'a>);
+
+impl std::fmt::Display for Shape<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, stage) in self.0.stages().enumerate() {
+            if i > 0 {
+                f.write_str(">")?;
+            }
+            f.write_str(stage)?;
+        }
+        Ok(())
+    }
+}
+
 impl CommandSummary {
     fn new(v: &CommandView<'_>, key: &SummaryKey<'_>) -> CommandSummary {
         let stages: Vec<Arc<str>> = v.stages().map(Arc::from).collect();
-        let shape = stages
-            .iter()
-            .map(|s| &**s)
-            .collect::<Vec<_>>()
-            .join(">")
-            .into();
+        let shape = Shape(v).to_string().into();
         CommandSummary {
             command: v.name.into(),
             db: key.db.into(),
