@@ -207,28 +207,22 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
             warn!(event = "config_reload_failed", "config reload task failed");
             continue;
         };
-        match loaded {
-            Ok(cfg) => {
-                // Certificates first: a bad one rejects the whole reload.
-                let reloaded = match Reloadable::load(&cfg, &shared.config.proxy.upstream) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(
-                            event = "config_reload_failed",
-                            path = %path.display(),
-                            error = %e,
-                            "config reload rejected, the previous settings stay in force: {e}"
-                        );
-                        continue;
-                    }
-                };
+        // A file that does not parse or validate, or a certificate that
+        // does not load, rejects the whole reload.
+        let reloaded = loaded.map_err(|e| e.to_string()).and_then(|cfg| {
+            Reloadable::load(&cfg, &shared.config.proxy.upstream)
+                .map(|r| (cfg.rewrite.rule.len(), r))
+                .map_err(|e| e.to_string())
+        });
+        match reloaded {
+            Ok((rules, reloaded)) => {
                 // One store: certificates and rules change together, for
                 // sessions, explains and the health probe alike.
                 shared.settings.store(Arc::new(reloaded));
                 info!(
                     event = "config_reloaded",
                     path = %path.display(),
-                    rules = cfg.rewrite.rule.len(),
+                    rules,
                     "reloaded rewrite rules and TLS certificates from {}", path.display()
                 );
             }
@@ -236,7 +230,7 @@ async fn reload_on_hangup(shared: Arc<Shared>, path: PathBuf, stop: Cancellation
                 event = "config_reload_failed",
                 path = %path.display(),
                 error = %e,
-                "config reload rejected, the previous rules stay in force: {e}"
+                "config reload rejected, the previous settings stay in force: {e}"
             ),
         }
     }
