@@ -13,6 +13,7 @@ mod proxy;
 mod reload;
 mod shared;
 mod stdout;
+mod topology;
 
 use capture::{export, replay};
 use proxy::{server, tls};
@@ -110,9 +111,11 @@ impl ProxyArgs {
         };
         if let Some(v) = &self.listen {
             cfg.proxy.listen = v.clone();
+            cfg.proxy_addresses_given.push("--listen".into());
         }
         if let Some(v) = &self.upstream {
             cfg.proxy.upstream = v.clone();
+            cfg.proxy_addresses_given.push("--upstream".into());
         }
         if let Some(v) = &self.admin {
             cfg.admin.listen = v.clone();

@@ -6,7 +6,9 @@ use std::path::Path;
 use thiserror::Error;
 
 mod health;
+mod topology;
 pub use health::HealthConfig;
+pub use topology::{listen_host, MemberConfig, TopologyConfig, TopologyMode};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -35,6 +37,11 @@ pub struct Config {
     pub tls: TlsConfig,
     pub capture: CaptureConfig,
     pub health: HealthConfig,
+    pub topology: TopologyConfig,
+    /// Which of proxy.listen and proxy.upstream the file or the flags set
+    /// (replica-set mode replaces them, so setting them there is an error).
+    #[serde(skip)]
+    pub proxy_addresses_given: Vec<String>,
 }
 
 /// Traffic capture for `mongotap replay` and Wireshark export.
@@ -368,11 +375,20 @@ impl Config {
         let de = toml::Deserializer::parse(text).map_err(|e| wording::describe(text, None, &e))?;
         // serde_path_to_error tracks the key being read, which toml's own
         // error knows but does not expose.
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = (key != ".").then_some(key);
             wording::describe(text, key.as_deref(), e.inner())
-        })
+        })?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            let proxy = table.get("proxy").and_then(|p| p.as_table());
+            for key in ["listen", "upstream"] {
+                if proxy.is_some_and(|p| p.contains_key(key)) {
+                    config.proxy_addresses_given.push(format!("proxy.{key}"));
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// The settings as a TOML config file: what `check-config` prints, and

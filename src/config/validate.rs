@@ -114,6 +114,8 @@ impl Config {
         if self.watch.max_series == 0 {
             return bad("watch.max_series must be at least 1".into());
         }
+        self.topology
+            .validate(&self.proxy_addresses_given, &self.admin.listen)?;
         self.health.validate()
     }
 }
