@@ -10,6 +10,7 @@ use crate::observe::meta::{ClientMeta, CommandSummary, Interner};
 use crate::observe::stats::Stats;
 use crate::observe::tracker::Tracker;
 use crate::proxy::tls::Tls;
+use crate::topology::ReplicaSet;
 use crate::reload::{self, Reloadable, Settings};
 use dashmap::DashMap;
 use mongotap_proto::rewrite::FieldChange;
@@ -95,11 +96,13 @@ pub struct Shared {
     pub warned_hosts: AtomicBool,
     /// What the upstream health probe last found (/readyz).
     pub health: Health,
+    /// Replica-set mode's members and their listeners; `None` in direct mode.
+    pub replica_set: Option<Arc<ReplicaSet>>,
     next_conn_id: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(config: Config, tls: Tls) -> Self {
+    pub fn new(config: Config, tls: Tls, replica_set: Option<Arc<ReplicaSet>>) -> Self {
         let settings = reload::settings(Reloadable::new(tls, &config));
         Shared {
             stats: Stats::new(config.watch.max_series),
@@ -123,6 +126,7 @@ impl Shared {
             cursors: Cursors::default(),
             warned_hosts: AtomicBool::new(false),
             health: Health::new(std::time::Instant::now()),
+            replica_set,
             next_conn_id: AtomicU64::new(1),
         }
     }

@@ -134,6 +134,26 @@ fn rewrites(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Err
     Ok(())
 }
 
+/// One gauge per replica-set member: 1 while mongotap's own probe gets a
+/// hello back from it. Nothing in direct mode.
+fn member_up(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Error> {
+    let Some(set) = &s.replica_set else {
+        return Ok(());
+    };
+    let mut family = enc.encode_descriptor(
+        "mongotap_topology_member_up",
+        "1 while the replica-set member answers mongotap's own hello probe, 0 otherwise (see /topology)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for m in set.members() {
+        let labels = [("member", m.name.as_str())];
+        let up = i64::from(m.up() == Some(true));
+        ConstGauge::new(up).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for ProxyCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
@@ -201,6 +221,7 @@ impl Collector for ProxyCollector {
             "1 while the upstream answers the health probe's hello, 0 otherwise (see /readyz)",
             i64::from(s.health.is_up()),
         )?;
+        member_up(&mut enc, s)?;
         counter(
             &mut enc,
             "mongotap_upstream_connect_errors",

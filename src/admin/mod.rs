@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
-//! /stats/shapes, /inflight, /cursors. Loopback by default; a token is
+//! /stats/shapes, /inflight, /cursors, /topology. Loopback by default; a token is
 //! required to bind anywhere else, and then on every route but /healthz and
 //! /readyz.
 
@@ -36,6 +36,7 @@ pub fn start(
         .route("/stats/shapes", get(shapes))
         .route("/inflight", get(inflight))
         .route("/cursors", get(cursors))
+        .route("/topology", get(topology))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
@@ -105,6 +106,18 @@ async fn readyz(State(shared): S) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(r.body))
+}
+
+/// Replica-set mode's members, listeners and states; in direct mode, the
+/// one upstream.
+async fn topology(State(shared): S) -> impl IntoResponse {
+    Json(match &shared.replica_set {
+        Some(set) => set.snapshot(std::time::Instant::now()),
+        None => serde_json::json!({
+            "mode": "direct",
+            "upstream": shared.config.proxy.upstream,
+        }),
+    })
 }
 
 /// By default only commands that can be stuck; `?all=true` adds the ones

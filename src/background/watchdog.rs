@@ -105,7 +105,7 @@ mod tests {
     /// the session reads once the entry is out of the table.
     #[test]
     fn stall_reports_double_and_follow_the_entry() {
-        let shared = Shared::new(Config::default(), Tls::default());
+        let shared = Shared::new(Config::default(), Tls::default(), None);
         let table = shared.tracker.register(1);
         let t0 = Instant::now();
         table.insert(Pending::new(7, facts(t0, false)));
@@ -139,7 +139,7 @@ mod tests {
     fn an_aggregate_is_marked_explained_once() {
         let mut config = Config::default();
         config.explain.after_ms = 50;
-        let shared = Shared::new(config, Tls::default());
+        let shared = Shared::new(config, Tls::default(), None);
         let table = shared.tracker.register(1);
         let t0 = Instant::now();
         table.insert(Pending::new(1, facts(t0, true)));

@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 pub struct ConnId {
     pub conn: u64,
     pub client: std::net::SocketAddr,
+    /// In replica-set mode, the member this connection goes to (the
+    /// listener the client dialled decides).
+    pub member: Option<Arc<crate::topology::Member>>,
 }
 
 /// How a connection ended, as its pending commands see it. Plain data from

@@ -41,6 +41,8 @@ pub enum SessionError {
         name: String,
         source: std::io::Error,
     },
+    #[error("replica-set member {addr}: {name:?} is not a host name TLS can verify")]
+    UpstreamName { addr: String, name: String },
     #[error("connecting to upstream {addr} timed out after {ms} ms (proxy.connect_timeout_ms)")]
     ConnectTimeout { addr: String, ms: u64 },
     #[error("{side} sent a malformed frame: {source}")]

@@ -9,11 +9,13 @@ use crate::proxy::session::{self, Shutdown};
 use crate::proxy::tls::Tls;
 use crate::reload::Reloadable;
 use crate::shared::Shared;
+use crate::topology::{Member, ReplicaSet};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -40,16 +42,29 @@ fn raise_fd_limit(max_connections: usize) {
 
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit(config.proxy.max_connections);
-    let listener = crate::proxy::listen::bind(&config.proxy.listen, Setting::Proxy).await?;
-    let listen_addr = listener.local_addr()?;
+    // Direct mode: one listener for proxy.upstream. Replica-set mode: one
+    // per member, and more as members are discovered.
+    let (listeners, discovered, replica_set) = if config.topology.is_replica_set() {
+        let (set, bound, discovered) = ReplicaSet::bind(&config.topology)?;
+        let mut listeners = Vec::new();
+        for (member, l) in bound {
+            listeners.push((Some(member), TcpListener::from_std(l)?));
+        }
+        (listeners, Some(discovered), Some(set))
+    } else {
+        let l = crate::proxy::listen::bind(&config.proxy.listen, Setting::Proxy).await?;
+        (vec![(None, l)], None, None)
+    };
     let tls = Tls::load(&config.tls, &config.proxy.upstream).context("cannot load TLS settings")?;
-    let shared = Arc::new(Shared::new(config, tls));
+    let shared = Arc::new(Shared::new(config, tls, replica_set));
     let shutdown = Shutdown {
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
     // Sessions: the drain waits on these.
     let tasks = TaskTracker::new();
+    // Accept loops, one per listener: they end when the drain starts.
+    let accepting = TaskTracker::new();
     // Everything else that runs for the proxy's lifetime (signals, SIGHUP
     // reload, watchdog, health probe, admin endpoint). Kept apart from
     // `tasks` because they outlive the drain (stalls during a drain still
@@ -77,12 +92,24 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .context("cannot serve the admin endpoint")?
         .to_string()
     };
-    info!(
-        listen = %listen_addr,
-        admin = %admin_addr,
-        upstream = %shared.config.proxy.upstream,
-        "listening"
-    );
+    for (member, listener) in &listeners {
+        let listen = listener.local_addr()?;
+        match member {
+            None => info!(
+                listen = %listen,
+                admin = %admin_addr,
+                upstream = %shared.config.proxy.upstream,
+                "listening"
+            ),
+            Some(m) => info!(
+                listen = %listen,
+                admin = %admin_addr,
+                member = %m.name,
+                advertise = %m.advertise,
+                "listening for replica-set member {}, advertised as {}", m.name, m.advertise
+            ),
+        }
+    }
     background.spawn(wait_for_signal(shutdown.clone()));
     if let Some(path) = config_path {
         background.spawn(reload_on_hangup(
@@ -101,46 +128,36 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     ));
     background.close();
 
-    loop {
-        // `accept` is cancel-safe: a connection not yet returned stays queued.
-        let (stream, client) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.drain.cancelled() => break,
-        };
-        let Some(active) = shared.try_admit(shared.config.proxy.max_connections) else {
-            shared.counters.connections_refused.fetch_add(1, Relaxed);
-            warn!(
-                event = "connection_refused",
-                client = %client,
-                active = shared.counters.connections_active.load(Relaxed),
-                max_connections = shared.config.proxy.max_connections,
-                "refusing connection: proxy.max_connections reached"
-            );
-            drop(stream);
-            continue;
-        };
-        let id = ConnId {
-            conn: shared.next_conn_id(),
-            client,
-        };
-        tasks.spawn(session::run(
+    let accept = |member, listener| {
+        accepting.spawn(accept_loop(
             shared.clone(),
-            stream,
-            id,
+            listener,
+            member,
+            tasks.clone(),
             shutdown.clone(),
-            active,
         ));
+    };
+    for (member, listener) in listeners {
+        accept(member, listener);
     }
-
-    drop(listener);
+    if let Some(mut discovered) = discovered {
+        loop {
+            // Cancel-safe: `recv` loses no listener when the drain wins.
+            tokio::select! {
+                new = discovered.recv() => match new {
+                    Some((member, l)) => match TcpListener::from_std(l) {
+                        Ok(l) => accept(Some(member), l),
+                        Err(e) => warn!(member = %member.name, error = %e, "cannot accept on a discovered member's listener"),
+                    },
+                    None => break,
+                },
+                () = shutdown.drain.cancelled() => break,
+            }
+        }
+    }
+    shutdown.drain.cancelled().await;
+    accepting.close();
+    accepting.wait().await;
     let deadline = Duration::from_millis(shared.config.proxy.drain_timeout_ms);
     info!(
         active = shared.counters.connections_active.load(Relaxed),
@@ -174,6 +191,56 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let _ = tokio::task::spawn_blocking(move || s.capture.stop()).await;
     info!("stopped");
     Ok(())
+}
+
+/// Accepts clients on one listener until the drain starts, one session
+/// task each. `member`: the replica-set member this listener stands for.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    member: Option<Arc<Member>>,
+    tasks: TaskTracker,
+    shutdown: Shutdown,
+) {
+    loop {
+        // `accept` is cancel-safe: a connection not yet returned stays queued.
+        let (stream, client) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.drain.cancelled() => return,
+        };
+        let Some(active) = shared.try_admit(shared.config.proxy.max_connections) else {
+            shared.counters.connections_refused.fetch_add(1, Relaxed);
+            warn!(
+                event = "connection_refused",
+                client = %client,
+                active = shared.counters.connections_active.load(Relaxed),
+                max_connections = shared.config.proxy.max_connections,
+                "refusing connection: proxy.max_connections reached"
+            );
+            drop(stream);
+            continue;
+        };
+        let id = ConnId {
+            conn: shared.next_conn_id(),
+            client,
+            member: member.clone(),
+        };
+        tasks.spawn(session::run(
+            shared.clone(),
+            stream,
+            id,
+            shutdown.clone(),
+            active,
+        ));
+    }
 }
 
 /// SIGHUP re-reads the config file and swaps in its rewrite rules and TLS

@@ -38,6 +38,7 @@ impl MemberState {
     }
 }
 
+#[derive(Debug)]
 pub struct Member {
     /// The member's address as the set names it, lower-cased as SDAM
     /// compares them: the `member` label everywhere.

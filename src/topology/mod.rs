@@ -138,6 +138,31 @@ impl ReplicaSet {
         }
     }
 
+    /// `GET /topology`: the set and each member as mongotap sees it.
+    pub fn snapshot(&self, now: Instant) -> serde_json::Value {
+        let members: Vec<_> = self
+            .members()
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "member": m.name,
+                    "upstream": m.upstream,
+                    "listen": m.listen.to_string(),
+                    "advertise": m.advertise,
+                    "state": m.state().as_str(),
+                    "up": m.up(),
+                    "last_hello_age_ms": m.last_hello_age_ms(self.epoch, now),
+                    "configured": m.configured,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "mode": "replica-set",
+            "set_name": self.set_name(),
+            "members": members,
+        })
+    }
+
     fn find(&self, name: &str) -> Option<Arc<Member>> {
         self.members
             .read()

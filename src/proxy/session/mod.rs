@@ -71,7 +71,7 @@ pub async fn run(
             }
         },
     };
-    let (upstream_read, upstream_write) = match tls_io::connect_upstream(&shared, tls).await {
+    let (upstream_read, upstream_write) = match tls_io::connect_upstream(&shared, tls, id.member.as_deref()).await {
         Ok(halves) => halves,
         Err(e) => {
             shared
@@ -88,7 +88,7 @@ pub async fn run(
                 event = "upstream_unreachable",
                 conn = id.conn,
                 client = %id.client,
-                upstream = %shared.config.proxy.upstream,
+                upstream = %id.member.as_ref().map_or(&shared.config.proxy.upstream, |m| &m.upstream),
                 error = %e,
                 "closing client connection: upstream unreachable: {e}"
             );

@@ -5,6 +5,8 @@
 use crate::proxy::error::SessionError;
 use crate::proxy::tls::Tls;
 use crate::shared::Shared;
+use crate::topology::Member;
+use rustls::pki_types::ServerName;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -76,11 +78,15 @@ pub async fn accept_tls(
     }
 }
 
+/// Connects to the upstream: `proxy.upstream`, or in replica-set mode the
+/// member the client's listener stands for, checked by TLS under that
+/// member's own host name.
 pub async fn connect_upstream(
     shared: &Shared,
     tls: &Tls,
+    member: Option<&Member>,
 ) -> Result<(BoxRead, BoxWrite), SessionError> {
-    let addr = &shared.config.proxy.upstream;
+    let addr = member.map_or(&shared.config.proxy.upstream, |m| &m.upstream);
     let ms = shared.config.proxy.connect_timeout_ms;
     let deadline = Duration::from_millis(ms);
     let tcp = match tokio::time::timeout(deadline, TcpStream::connect(addr)).await {
@@ -101,6 +107,19 @@ pub async fn connect_upstream(
     let _ = tcp.set_nodelay(true);
     let Some((connector, name)) = &tls.connector else {
         return Ok(split_tcp(tcp));
+    };
+    let member_name;
+    let name = match member {
+        None => name,
+        Some(m) => {
+            member_name = ServerName::try_from(m.host().to_string()).map_err(|_| {
+                SessionError::UpstreamName {
+                    addr: addr.clone(),
+                    name: m.host().to_string(),
+                }
+            })?;
+            &member_name
+        }
     };
     match tokio::time::timeout(deadline, connector.connect(name.clone(), tcp)).await {
         Ok(Ok(stream)) => Ok(split_io(stream)),
