@@ -98,6 +98,9 @@ impl Config {
             if up.cert.is_some() != up.key.is_some() {
                 return bad("tls.upstream: set both cert and key, or neither".into());
             }
+            if up.server_name.is_some() && self.topology.is_replica_set() {
+                return bad("tls.upstream.server_name: in replica-set mode each member is verified under its own host name (from [[topology.member]] upstream, or as the set reports it); remove server_name".into());
+            }
         }
         if !(0.0..=1.0).contains(&self.capture.sample_rate) {
             return bad(format!(

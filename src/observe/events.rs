@@ -296,7 +296,8 @@ pub fn cursor_leaked(id: i64, c: &CursorInfo, now: Instant, reason: &str) {
 /// Without `directConnection=true`, drivers read `hosts` from hello and
 /// connect to the members directly, bypassing the proxy.
 pub fn warn_replica_set_hosts(shared: &Shared, hosts: &RawArray) {
-    if shared.warned_hosts.swap(true, Relaxed) {
+    // Replica-set mode rewrites these replies: nothing bypasses mongotap.
+    if shared.replica_set.is_some() || shared.warned_hosts.swap(true, Relaxed) {
         return;
     }
     let list: Vec<&str> = hosts
@@ -307,7 +308,7 @@ pub fn warn_replica_set_hosts(shared: &Shared, hosts: &RawArray) {
     warn!(
         event = "replica_set_hosts",
         hosts = ?list,
-        "the upstream is a replica set member: clients without directConnection=true will discover these hosts and connect to them directly, bypassing mongotap"
+        "the upstream is a replica set member: clients without directConnection=true will discover these hosts and connect to them directly, bypassing mongotap; set [topology] mode = \"replica-set\" so hello replies name mongotap's listeners instead, or connect with directConnection=true"
     );
 }
 
