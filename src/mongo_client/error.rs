@@ -22,6 +22,8 @@ pub enum ClientError {
         command: String,
         ms: u64,
     },
+    #[error("upstream {addr}: {name:?} is not a host name TLS can verify")]
+    BadServerName { addr: String, name: String },
     #[error("TLS handshake with upstream {addr} failed: {source}")]
     Tls {
         addr: String,
