@@ -10,12 +10,13 @@ mod logging;
 mod mongo_client;
 mod observe;
 mod proxy;
-mod reload;
+mod settings;
 mod shared;
 mod stdout;
 
 use capture::{export, replay};
-use proxy::{server, tls};
+use proxy::server;
+use settings::tls;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};

@@ -9,8 +9,8 @@ use crate::observe::cursors::Cursors;
 use crate::observe::meta::{ClientMeta, CommandSummary, Interner};
 use crate::observe::stats::Stats;
 use crate::observe::tracker::Tracker;
-use crate::proxy::tls::Tls;
-use crate::reload::{self, Reloadable, Settings};
+use crate::settings::tls::Tls;
+use crate::settings::{self, Reloadable, Settings};
 use dashmap::DashMap;
 use mongotap_proto::rewrite::FieldChange;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -100,7 +100,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, tls: Tls) -> Self {
-        let settings = reload::settings(Reloadable::new(tls, &config));
+        let settings = settings::swap(Reloadable::new(tls, &config));
         Shared {
             stats: Stats::new(config.watch.max_series),
             summaries: Interner::new(INTERNED_MAX),

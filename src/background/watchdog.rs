@@ -92,7 +92,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::observe::tracker::Pending;
-    use crate::proxy::tls::Tls;
+    use crate::settings::tls::Tls;
 
     fn facts(started: Instant, explain: bool) -> RequestFacts {
         let mut facts = RequestFacts::for_test("aggregate", started);

@@ -120,7 +120,7 @@ pub fn rewritten(
     if !dry_run && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let what = crate::observe::policy::describe(changes);
+    let what = crate::settings::policy::describe(changes);
     macro_rules! emit {
         ($level:ident) => {
             view_event!(

@@ -10,7 +10,6 @@ mod conn_capture;
 pub mod cursors;
 pub mod events;
 pub mod meta;
-pub mod policy;
 mod reply;
 mod request;
 pub mod stats;

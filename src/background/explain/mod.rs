@@ -15,7 +15,7 @@ use crate::config::ExplainConfig;
 use crate::mongo_client::{ClientError, UpstreamClient};
 use crate::observe::events::command_event;
 use crate::observe::tracker::RequestFacts;
-use crate::reload::Settings;
+use crate::settings::Settings;
 use bson::raw::cstr;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use dashmap::mapref::entry::Entry;

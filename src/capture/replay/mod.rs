@@ -22,7 +22,7 @@ mod report;
 
 use crate::config::Config;
 use crate::mongo_client::{ClientError, UpstreamClient};
-use crate::observe::policy::Policy;
+use crate::settings::policy::Policy;
 use cursor_ids::{remap, Cursors, Remapped};
 use indicatif::{ProgressBar, ProgressStyle};
 use plan::{ConnPlan, Op, Plan};

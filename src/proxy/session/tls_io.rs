@@ -3,7 +3,7 @@
 //! share one forwarding loop.
 
 use crate::proxy::error::SessionError;
-use crate::proxy::tls::Tls;
+use crate::settings::tls::Tls;
 use crate::shared::Shared;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
