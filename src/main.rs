@@ -10,11 +10,12 @@ mod logging;
 mod mongo_client;
 mod observe;
 mod proxy;
+mod replay;
 mod settings;
 mod shared;
 mod stdout;
 
-use capture::{export, replay};
+use capture::export;
 use proxy::server;
 use settings::tls;
 
