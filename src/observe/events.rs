@@ -8,8 +8,8 @@ use crate::observe::cursors::CursorInfo;
 use crate::observe::meta::ClientMeta;
 use crate::observe::tracker::{Pending, RequestFacts};
 use crate::observe::ConnId;
+use crate::observe::Observatory;
 use crate::observe::{ConnState, Unmatched};
-use crate::shared::Shared;
 use bson::raw::RawArray;
 use mongotap_proto::reply::code_name;
 use mongotap_proto::{CommandView, ReplyView};
@@ -295,8 +295,8 @@ pub fn cursor_leaked(id: i64, c: &CursorInfo, now: Instant, reason: &str) {
 
 /// Without `directConnection=true`, drivers read `hosts` from hello and
 /// connect to the members directly, bypassing the proxy.
-pub fn warn_replica_set_hosts(shared: &Shared, hosts: &RawArray) {
-    if shared.warned_hosts.swap(true, Relaxed) {
+pub fn warn_replica_set_hosts(obs: &Observatory, hosts: &RawArray) {
+    if obs.warned_hosts.swap(true, Relaxed) {
         return;
     }
     let list: Vec<&str> = hosts

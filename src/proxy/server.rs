@@ -58,6 +58,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     if shared.config.capture.enabled {
         shared
+            .observe
             .capture
             .start()
             .context("cannot start capture (capture.enabled)")?;
@@ -92,11 +93,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         ));
     }
     background.spawn(crate::background::watchdog::run(
-        shared.clone(),
+        shared.observe.clone(),
+        shared.explainer.clone(),
         shutdown.abort.clone(),
     ));
     background.spawn(crate::background::health::run(
-        shared.clone(),
+        shared.health.clone(),
+        shared.config.health.clone(),
+        shared.config.proxy.upstream.clone(),
+        shared.settings.clone(),
         shutdown.abort.clone(),
     ));
     background.close();
@@ -116,11 +121,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             _ = shutdown.drain.cancelled() => break,
         };
         let Some(active) = shared.try_admit(shared.config.proxy.max_connections) else {
-            shared.counters.connections_refused.fetch_add(1, Relaxed);
+            shared
+                .observe
+                .counters
+                .connections_refused
+                .fetch_add(1, Relaxed);
             warn!(
                 event = "connection_refused",
                 client = %client,
-                active = shared.counters.connections_active.load(Relaxed),
+                active = shared.observe.counters.connections_active.load(Relaxed),
                 max_connections = shared.config.proxy.max_connections,
                 "refusing connection: proxy.max_connections reached"
             );
@@ -143,14 +152,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     drop(listener);
     let deadline = Duration::from_millis(shared.config.proxy.drain_timeout_ms);
     info!(
-        active = shared.counters.connections_active.load(Relaxed),
+        active = shared.observe.counters.connections_active.load(Relaxed),
         deadline_ms = deadline.as_millis() as u64,
         "shutting down: no new connections, draining in-flight commands"
     );
     tasks.close();
     if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
         warn!(
-            active = shared.counters.connections_active.load(Relaxed),
+            active = shared.observe.counters.connections_active.load(Relaxed),
             "drain deadline passed: closing remaining connections"
         );
     }
@@ -170,7 +179,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         warn!("some tasks did not stop within 2 s of the drain deadline");
     }
     // Flush and close the capture file last, after the final frames.
-    let s = shared.clone();
+    let s = shared.observe.clone();
     let _ = tokio::task::spawn_blocking(move || s.capture.stop()).await;
     info!("stopped");
     Ok(())
