@@ -40,7 +40,8 @@ impl Reloadable {
     }
 }
 
-/// The swap itself, shared by `Shared` and the explainer.
+/// The swap itself, held by `Shared`, the `Observatory`, the explainer and
+/// the health probe.
 pub type Settings = Arc<ArcSwap<Reloadable>>;
 
 pub fn swap(initial: Reloadable) -> Settings {
