@@ -1,22 +1,50 @@
 //! mongotap: a MongoDB wire-protocol proxy that answers, from the wire,
 //! which command is stuck, on which connection, from which app, and for how
 //! long.
+//!
+//! The top-level modules form layers, and imports flow only downwards
+//! (`layers_tests` fails on any circle). Bottom to top:
+//!
+//! - `config`, `stdout`, `logging`: settings as read from flags and the
+//!   file; writing to stdout; the log subscriber.
+//! - `mongo_client`: mongotap's own MongoDB client; it knows no other module.
+//! - `settings`: what SIGHUP swaps (TLS for both sides, the compiled
+//!   rewrite rules), built from `config`, the upstream TLS connector being
+//!   the client's.
+//! - `capture`: the recorder and capture files; it needs only `config`.
+//! - `observe`: per-frame observation. Its `Observatory` holds what every
+//!   connection shares, including the capture and the settings swap; it
+//!   reaches auto-explain only through its `AutoExplain` trait.
+//! - `background`: the watchdog, auto-explain and the health probe; they
+//!   read observe's tables and log with its events, so they sit above it.
+//! - `replay`: the `replay` command, reading captures (`capture`) with the
+//!   handshake parsing of `observe` and the rules of `settings`.
+//! - `shared`: `Shared`, the bundle of those parts the proxy's own tasks
+//!   pass around.
+//! - `admin`: the HTTP endpoint over `Shared`.
+//! - `proxy`: the listener and sessions; `proxy::server` wires every task
+//!   together (admin included).
+//! - `main`: the CLI.
 
 mod admin;
 mod background;
 mod capture;
 mod config;
+#[cfg(test)]
+mod layers_tests;
 mod logging;
 mod mongo_client;
 mod observe;
 mod proxy;
-mod reload;
+mod replay;
+mod settings;
 mod shared;
 mod stdout;
 mod topology;
 
-use capture::{export, replay};
-use proxy::{server, tls};
+use capture::export;
+use proxy::server;
+use settings::tls;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};

@@ -2,7 +2,8 @@
 //! the HDR histograms at scrape time, plus the counters and gauges.
 
 use crate::observe::stats::{Outcome, SeriesKey, SeriesMap, BUCKETS_US};
-use crate::shared::{RewriteCounts, Shared};
+use crate::observe::{Observatory, RewriteCounts};
+use crate::shared::Shared;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -88,7 +89,7 @@ fn histogram_family(
 
 /// `mongotap_tls_handshake_failures_total{side}`: kept apart from
 /// decode errors, since no frame was ever read.
-fn tls_failures(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Error> {
+fn tls_failures(enc: &mut DescriptorEncoder, s: &Observatory) -> Result<(), std::fmt::Error> {
     let mut family = enc.encode_descriptor(
         "mongotap_tls_handshake_failures",
         "TLS handshakes that failed, by the side that was being connected (a plaintext client on a TLS listener counts on side client)",
@@ -106,7 +107,7 @@ fn tls_failures(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt:
 
 /// `mongotap_rewrites_total{command,field}` (enforced) and the same for
 /// dry-run as `mongotap_rewrites_dry_run_total`.
-fn rewrites(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Error> {
+fn rewrites(enc: &mut DescriptorEncoder, s: &Observatory) -> Result<(), std::fmt::Error> {
     for (dry_run, name, help) in [
         (
             false,
@@ -156,7 +157,8 @@ fn member_up(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Er
 
 impl Collector for ProxyCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
+        let health = &self.0.health;
+        let s = &*self.0.observe;
         let c = &s.counters;
         s.stats
             .with_commands(|series| histogram_family(&mut enc, series))?;
@@ -219,7 +221,7 @@ impl Collector for ProxyCollector {
             &mut enc,
             "mongotap_upstream_up",
             "1 while the upstream answers the health probe's hello, 0 otherwise (see /readyz)",
-            i64::from(s.health.is_up()),
+            i64::from(health.is_up()),
         )?;
         member_up(&mut enc, s)?;
         counter(

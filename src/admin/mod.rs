@@ -87,11 +87,11 @@ async fn metrics(State(shared): S) -> impl IntoResponse {
 }
 
 async fn stats(State(shared): S) -> impl IntoResponse {
-    Json(serde_json::json!({ "commands": shared.stats.command_rows() }))
+    Json(serde_json::json!({ "commands": shared.observe.stats.command_rows() }))
 }
 
 async fn shapes(State(shared): S) -> impl IntoResponse {
-    Json(serde_json::json!({ "shapes": shared.stats.shape_rows() }))
+    Json(serde_json::json!({ "shapes": shared.observe.stats.shape_rows() }))
 }
 
 /// 200 while the upstream answers the health probe's hello, 503 with the
@@ -127,7 +127,13 @@ async fn inflight(State(shared): S, RawQuery(query): RawQuery) -> Response {
         Ok(all) => all,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    Json(shared.tracker.snapshot(shared.config.watch.stall_ms, all)).into_response()
+    Json(
+        shared
+            .observe
+            .tracker
+            .snapshot(shared.config.watch.stall_ms, all),
+    )
+    .into_response()
 }
 
 /// The `all` parameter of /inflight: `true` or `false`, absent meaning
@@ -149,7 +155,7 @@ fn parse_all(query: Option<&str>) -> Result<bool, String> {
 }
 
 async fn cursors(State(shared): S) -> impl IntoResponse {
-    Json(shared.cursors.snapshot())
+    Json(shared.observe.cursors.snapshot())
 }
 
 /// The capture routes need `capture.control_token`, whatever admin.token is:
@@ -184,7 +190,7 @@ async fn capture_start(State(shared): S, headers: HeaderMap) -> Response {
     if let Err(r) = capture_allowed(&shared, &headers) {
         return *r;
     }
-    match shared.capture.start() {
+    match shared.observe.capture.start() {
         Ok(path) => {
             Json(serde_json::json!({"capturing": true, "path": path.display().to_string()}))
                 .into_response()
@@ -199,15 +205,15 @@ async fn capture_stop(State(shared): S, headers: HeaderMap) -> Response {
     }
     // Joining the writer thread waits for its last flush: keep it off the
     // async workers.
-    let s = shared.clone();
+    let s = shared.observe.clone();
     let was_running = tokio::task::spawn_blocking(move || s.capture.stop())
         .await
         .unwrap_or(false);
     Json(serde_json::json!({
         "capturing": false,
         "was_running": was_running,
-        "written": shared.capture.written.load(std::sync::atomic::Ordering::Relaxed),
-        "dropped": shared.capture.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "written": shared.observe.capture.written.load(std::sync::atomic::Ordering::Relaxed),
+        "dropped": shared.observe.capture.dropped.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response()
 }

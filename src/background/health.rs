@@ -4,8 +4,9 @@
 //! forwarding path but this state, which only the probe writes and only the
 //! admin endpoint reads, so a hung upstream never slows a session.
 
+use crate::config::HealthConfig;
 use crate::mongo_client::{ClientError, UpstreamClient};
-use crate::shared::Shared;
+use crate::settings::Settings;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -127,9 +128,16 @@ impl Health {
 
 /// Probes until `stop`. The first probe runs at once, so a wrong
 /// proxy.upstream is reported at start-up, not at the first client.
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let cfg = &shared.config.health;
-    let upstream = shared.config.proxy.upstream.as_str();
+/// `health` is what it records into; `upstream` and `settings` are where
+/// and how it connects (the proxy's own upstream and TLS).
+pub async fn run(
+    health: Arc<Health>,
+    cfg: HealthConfig,
+    upstream: String,
+    settings: Settings,
+    stop: CancellationToken,
+) {
+    let upstream = upstream.as_str();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
     // A probe that took longer than the interval is followed by the next
     // one an interval later, not by a burst.
@@ -146,12 +154,12 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         // leaves the connection mid-frame), but it is dropped only on
         // shutdown, after which nothing uses the connection.
         let result = tokio::select! {
-            r = probe(&shared, &mut conn, timeout) => r,
+            r = probe(upstream, &settings, &mut conn, timeout) => r,
             _ = stop.cancelled() => return,
         };
         let now = Instant::now();
         match result {
-            Ok(()) => match shared.health.record_ok(now) {
+            Ok(()) => match health.record_ok(now) {
                 Some(Transition::Up {
                     down_ms: Some(down_ms),
                 }) => info!(
@@ -166,9 +174,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             },
             Err(e) => {
                 conn = None;
-                if let Some(Transition::Down { at_start }) =
-                    shared.health.record_err(now, e.to_string())
-                {
+                if let Some(Transition::Down { at_start }) = health.record_err(now, e.to_string()) {
                     let when = if at_start { " at start-up" } else { "" };
                     warn!(
                         event = "upstream_down",
@@ -186,11 +192,11 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 /// One probe: a hello on the kept connection, or on a new one. Each step
 /// is bounded by `timeout`.
 async fn probe(
-    shared: &Shared,
+    addr: &str,
+    settings: &Settings,
     conn: &mut Option<UpstreamClient>,
     timeout: Duration,
 ) -> Result<(), ClientError> {
-    let addr = &shared.config.proxy.upstream;
     if let Some(c) = conn.as_mut() {
         match tokio::time::timeout(timeout, c.hello()).await {
             Ok(Ok(_)) => return Ok(()),
@@ -203,7 +209,7 @@ async fn probe(
         }
     }
     // Loaded at each connect, so certificates reloaded on SIGHUP apply.
-    let settings = shared.settings.load_full();
+    let settings = settings.load_full();
     let tls = settings.tls.connector.as_ref();
     let c = UpstreamClient::connect_as(addr, timeout, tls, PROBE_APP).await?;
     *conn = Some(c);

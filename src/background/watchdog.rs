@@ -6,9 +6,10 @@
 //! It only reads the sessions' entries; what it writes is its own
 //! `WatchState` in each (how many stalls it reported, whether it explained).
 
+use crate::background::explain::Explainer;
 use crate::observe::events;
-use crate::observe::tracker::RequestFacts;
-use crate::shared::Shared;
+use crate::observe::tracker::{RequestFacts, Tracker};
+use crate::observe::Observatory;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// A stalled command is reported at stall_ms, 2×, 4×, ... up to this many times.
 pub const MAX_STALL_REPORTS: u32 = 6;
 
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let stall_ms = shared.config.watch.stall_ms;
+pub async fn run(obs: Arc<Observatory>, explainer: Arc<Explainer>, stop: CancellationToken) {
+    let stall_ms = obs.watch.stall_ms;
     // Check often enough that a stall is reported well within stall_ms + 1 s.
     let period = Duration::from_millis((stall_ms / 4).clamp(50, 500));
     let mut tick = tokio::time::interval(period);
@@ -32,21 +33,21 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         let now = Instant::now();
-        for (request_id, facts, report) in due_stalls(&shared, now, stall_ms) {
-            shared.counters.stalled.fetch_add(1, Relaxed);
+        for (request_id, facts, report) in due_stalls(&obs.tracker, now, stall_ms) {
+            obs.counters.stalled.fetch_add(1, Relaxed);
             events::stalled(request_id, &facts, report, now);
         }
-        if shared.explainer.enabled() {
-            for (request_id, facts) in due_explains(&shared, now) {
+        if let Some(after_ms) = explainer.after_ms() {
+            for (request_id, facts) in due_explains(&obs.tracker, after_ms, now) {
                 let elapsed = now.saturating_duration_since(facts.started);
-                shared.explainer.maybe_explain(request_id, &facts, elapsed);
+                explainer.maybe_explain(request_id, &facts, elapsed);
             }
         }
         if now.duration_since(last_cursor_sweep) >= Duration::from_secs(1) {
             last_cursor_sweep = now;
-            let idle_ms = shared.config.watch.cursor_idle_ms;
-            for (id, c) in shared.cursors.take_idle(idle_ms, now) {
-                shared.counters.cursors_leaked.fetch_add(1, Relaxed);
+            let idle_ms = obs.watch.cursor_idle_ms;
+            for (id, c) in obs.cursors.take_idle(idle_ms, now) {
+                obs.counters.cursors_leaked.fetch_add(1, Relaxed);
                 events::cursor_leaked(id, &c, now, "idle longer than cursor_idle_ms");
             }
         }
@@ -55,9 +56,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// Pending commands whose next stall report is due: (requestID, facts,
 /// the report's number), with the count already advanced.
-fn due_stalls(shared: &Shared, now: Instant, stall_ms: u64) -> Vec<(i32, RequestFacts, u32)> {
+fn due_stalls(tracker: &Tracker, now: Instant, stall_ms: u64) -> Vec<(i32, RequestFacts, u32)> {
     let mut due = Vec::new();
-    shared.tracker.for_each(|p| {
+    tracker.for_each(|p| {
         let (facts, watch) = (p.facts(), p.watch());
         let reports = watch.stall_reports();
         if facts.awaiting || reports >= MAX_STALL_REPORTS {
@@ -74,10 +75,9 @@ fn due_stalls(shared: &Shared, now: Instant, stall_ms: u64) -> Vec<(i32, Request
 
 /// Pending aggregates that have run past explain's `after_ms` and have not
 /// been explained yet, marked as explained.
-fn due_explains(shared: &Shared, now: Instant) -> Vec<(i32, RequestFacts)> {
-    let after_ms = shared.config.explain.after_ms;
+fn due_explains(tracker: &Tracker, after_ms: u64, now: Instant) -> Vec<(i32, RequestFacts)> {
     let mut due = Vec::new();
-    shared.tracker.for_each(|p| {
+    tracker.for_each(|p| {
         let facts = p.facts();
         if !p.watch().explained() && facts.explain_body.is_some() && facts.age_ms(now) >= after_ms {
             p.watch().note_explained();
@@ -90,9 +90,7 @@ fn due_explains(shared: &Shared, now: Instant) -> Vec<(i32, RequestFacts)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::observe::tracker::Pending;
-    use crate::proxy::tls::Tls;
 
     fn facts(started: Instant, explain: bool) -> RequestFacts {
         let mut facts = RequestFacts::for_test("aggregate", started);
@@ -105,13 +103,13 @@ mod tests {
     /// the session reads once the entry is out of the table.
     #[test]
     fn stall_reports_double_and_follow_the_entry() {
-        let shared = Shared::new(Config::default(), Tls::default(), None);
-        let table = shared.tracker.register(1);
+        let tracker = Tracker::default();
+        let table = tracker.register(1);
         let t0 = Instant::now();
         table.insert(Pending::new(7, facts(t0, false)));
         let at = |ms| t0 + Duration::from_millis(ms);
         let reports = |now| -> Vec<(i32, u32)> {
-            due_stalls(&shared, now, 100)
+            due_stalls(&tracker, now, 100)
                 .into_iter()
                 .map(|(id, _, n)| (id, n))
                 .collect()
@@ -137,15 +135,13 @@ mod tests {
     /// that it was.
     #[test]
     fn an_aggregate_is_marked_explained_once() {
-        let mut config = Config::default();
-        config.explain.after_ms = 50;
-        let shared = Shared::new(config, Tls::default(), None);
-        let table = shared.tracker.register(1);
+        let tracker = Tracker::default();
+        let table = tracker.register(1);
         let t0 = Instant::now();
         table.insert(Pending::new(1, facts(t0, true)));
         table.insert(Pending::new(2, facts(t0, false)));
         let due = |ms| -> Vec<i32> {
-            due_explains(&shared, t0 + Duration::from_millis(ms))
+            due_explains(&tracker, 50, t0 + Duration::from_millis(ms))
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect()

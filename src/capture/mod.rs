@@ -1,8 +1,10 @@
-//! Traffic capture and what reads it back: the recorder that writes
-//! capture files, `capture export` to pcapng, and `replay`.
+//! Traffic capture: the recorder that writes capture files, reading them
+//! back, and `capture export` to pcapng. `replay` (a sibling folder) reads
+//! them too.
 
 pub mod export;
+mod files;
 mod recorder;
-pub mod replay;
 
+pub use files::*;
 pub use recorder::*;

@@ -12,7 +12,7 @@ use mongotap_proto::op_query::{self, OpQuery};
 use mongotap_proto::op_reply::{self, OpReply};
 use mongotap_proto::{CommandView, Header, OpCode};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -395,65 +395,4 @@ impl Writer {
             let _ = out.flush();
         }
     }
-}
-
-/// Reads every record of the capture files, in order, into `f`.
-pub fn read_files(paths: &[PathBuf], mut f: impl FnMut(&Record<'_>)) -> Result<u64, String> {
-    let mut n = 0;
-    for path in paths {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        format::decode_header(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut at = format::HEADER_LEN;
-        while at < bytes.len() {
-            match format::decode_record(&bytes[at..]) {
-                Ok(Some((r, used))) => {
-                    f(&r);
-                    at += used;
-                    n += 1;
-                }
-                // A file cut short (capture stopped by a crash) ends here.
-                Ok(None) => break,
-                Err(e) => return Err(format!("{}: at byte {at}: {e}", path.display())),
-            }
-        }
-    }
-    Ok(n)
-}
-
-/// Capture files for a base path or file list, sorted.
-pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_file() {
-            out.push(p.clone());
-            continue;
-        }
-        let (dir, stem) = match (p.parent(), p.file_name()) {
-            (Some(d), Some(s)) => (
-                if d.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    d
-                },
-                s.to_string_lossy().to_string(),
-            ),
-            _ => continue,
-        };
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            let mut found: Vec<PathBuf> = entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|e| {
-                    e.file_name().is_some_and(|n| {
-                        let n = n.to_string_lossy();
-                        n.starts_with(&format!("{stem}-")) && n.ends_with(".mtcap")
-                    })
-                })
-                .collect();
-            found.sort();
-            out.extend(found);
-        }
-    }
-    out
 }

@@ -4,7 +4,7 @@
 //! supports that server is warned about once per app.
 
 use crate::observe::meta::ClientMeta;
-use crate::shared::Shared;
+use crate::observe::Observatory;
 use tracing::warn;
 
 /// Oldest driver versions that support a server of at least this
@@ -85,15 +85,11 @@ pub fn too_old(driver: &str, version: &str, max_wire_version: i64) -> Option<(u3
     (have < *min).then_some(*min)
 }
 
-pub fn check(shared: &Shared, meta: &ClientMeta, max_wire_version: i64) {
+pub fn check(obs: &Observatory, meta: &ClientMeta, max_wire_version: i64) {
     let Some(min) = too_old(&meta.driver, &meta.driver_version, max_wire_version) else {
         return;
     };
-    if shared
-        .warned_apps
-        .insert(meta.app.to_string(), ())
-        .is_some()
-    {
+    if obs.warned_apps.insert(meta.app.to_string(), ()).is_some() {
         return;
     }
     warn!(

@@ -60,7 +60,7 @@ impl ConnState {
     /// as it is, captured like any frame, and counted.
     pub(super) fn unknown_opcode(&self, frame: &[u8], direction: Direction) {
         self.capture(frame, direction, None);
-        self.shared.counters.unknown_opcodes.fetch_add(1, Relaxed);
+        self.obs.counters.unknown_opcodes.fetch_add(1, Relaxed);
     }
 
     /// Captures `frame` when capture is on, this connection is sampled and
@@ -72,7 +72,7 @@ impl ConnState {
         direction: Direction,
         view: Option<&CommandView<'_>>,
     ) -> Option<bool> {
-        let capture = &self.shared.capture;
+        let capture = &self.obs.capture;
         if !self.cap.sampled || !capture.is_on() {
             return None;
         }
@@ -104,7 +104,7 @@ impl ConnState {
         if !expects_reply {
             return;
         }
-        let capture = &self.shared.capture;
+        let capture = &self.obs.capture;
         let mut links = self.cap.links(capture.generation());
         if links.redacted.len() >= self.cap.max_links && !links.redacted.contains_key(&request_id) {
             // The reply will not be recorded: count it as a dropped record.
@@ -126,7 +126,7 @@ impl ConnState {
         more: bool,
         answers_nothing: impl FnOnce() -> bool,
     ) {
-        let capture = &self.shared.capture;
+        let capture = &self.obs.capture;
         if !self.cap.sampled || !capture.is_on() {
             return;
         }

@@ -8,8 +8,8 @@ use crate::observe::cursors::CursorInfo;
 use crate::observe::meta::ClientMeta;
 use crate::observe::tracker::{Pending, RequestFacts};
 use crate::observe::ConnId;
+use crate::observe::Observatory;
 use crate::observe::{ConnState, Unmatched};
-use crate::shared::Shared;
 use bson::raw::RawArray;
 use mongotap_proto::reply::code_name;
 use mongotap_proto::{CommandView, ReplyView};
@@ -120,7 +120,7 @@ pub fn rewritten(
     if !dry_run && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let what = crate::observe::policy::describe(changes);
+    let what = crate::settings::policy::describe(changes);
     macro_rules! emit {
         ($level:ident) => {
             view_event!(
@@ -295,9 +295,9 @@ pub fn cursor_leaked(id: i64, c: &CursorInfo, now: Instant, reason: &str) {
 
 /// Without `directConnection=true`, drivers read `hosts` from hello and
 /// connect to the members directly, bypassing the proxy.
-pub fn warn_replica_set_hosts(shared: &Shared, hosts: &RawArray) {
+pub fn warn_replica_set_hosts(obs: &Observatory, hosts: &RawArray) {
     // Replica-set mode rewrites these replies: nothing bypasses mongotap.
-    if shared.replica_set.is_some() || shared.warned_hosts.swap(true, Relaxed) {
+    if obs.replica_set.is_some() || obs.warned_hosts.swap(true, Relaxed) {
         return;
     }
     let list: Vec<&str> = hosts

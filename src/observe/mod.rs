@@ -10,18 +10,18 @@ mod conn_capture;
 pub mod cursors;
 pub mod events;
 pub mod meta;
-pub mod policy;
+mod observatory;
 mod reply;
 mod request;
 pub mod stats;
 pub mod tracker;
 
+pub use observatory::{AutoExplain, Observatory, RewriteCounts};
 pub use reply::ReplyObserver;
 pub use request::RequestObserver;
 
 use crate::observe::stats::SampleBuffer;
 use crate::observe::tracker::ConnInflight;
-use crate::shared::Shared;
 use mongotap_proto::DecodeError;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,8 @@ pub struct Ending {
 /// What both directions of one connection need to see. Both observers run
 /// inside the session's single task, so the mutex is never contended.
 pub struct ConnState {
-    pub shared: Arc<Shared>,
+    /// What every connection's observers share.
+    pub obs: Arc<Observatory>,
     pub id: ConnId,
     /// Requests that expect a reply and have not had their last one yet,
     /// registered in the shared `Tracker`.
@@ -134,15 +135,15 @@ impl RecentIds {
 }
 
 impl ConnState {
-    pub fn new(shared: Arc<Shared>, id: ConnId) -> Self {
+    pub fn new(obs: Arc<Observatory>, id: ConnId) -> Self {
         ConnState {
             cap: conn_capture::ConnCapture::new(
-                shared.capture.sample(id.conn),
+                obs.capture.sample(id.conn),
                 id.client,
-                shared.config.proxy.max_inflight_per_connection,
+                obs.max_inflight_per_connection,
             ),
-            inflight: shared.tracker.register(id.conn),
-            shared,
+            inflight: obs.tracker.register(id.conn),
+            obs,
             id,
             samples: Mutex::new(SampleBuffer::default()),
             slots: tokio::sync::Notify::new(),
@@ -158,7 +159,7 @@ impl ConnState {
         // with tracking off, for capture to tell a w:0 write's reply apart.
         // Otherwise a run of w:0 writes would take this lock for nothing.
         // (The log filter is set once at start.)
-        if self.shared.config.watch.track && !events::debug_enabled() {
+        if self.obs.watch.track && !events::debug_enabled() {
             return;
         }
         let mut recent = self.unanswerable.lock().unwrap_or_else(|e| e.into_inner());
@@ -214,7 +215,7 @@ impl ConnState {
     pub fn flush(&self) {
         let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         if !s.is_empty() {
-            s.flush(&self.shared.stats);
+            s.flush(&self.obs.stats);
         }
     }
 
@@ -222,7 +223,7 @@ impl ConnState {
     /// every command that will now never get its reply, and open cursors.
     pub fn finish(&self, ending: &Ending) {
         self.flush();
-        let shared = &self.shared;
+        let obs = &self.obs;
         if self.pending() > 0 {
             let client_went_first = ending.client_went_first;
             let now = Instant::now();
@@ -231,18 +232,18 @@ impl ConnState {
                     continue;
                 }
                 if client_went_first {
-                    shared.counters.abandoned.fetch_add(1, Relaxed);
+                    obs.counters.abandoned.fetch_add(1, Relaxed);
                     events::abandoned(&p, now);
                 } else {
-                    shared.counters.never_replied.fetch_add(1, Relaxed);
+                    obs.counters.never_replied.fetch_add(1, Relaxed);
                     events::never_replied(&p, now, &ending.reason);
                 }
             }
         }
         let now = Instant::now();
-        for (id, c) in shared.cursors.take_conn(self.id.conn) {
+        for (id, c) in obs.cursors.take_conn(self.id.conn) {
             if !c.awaiting {
-                shared.counters.cursors_leaked.fetch_add(1, Relaxed);
+                obs.counters.cursors_leaked.fetch_add(1, Relaxed);
                 events::cursor_leaked(id, &c, now, "connection closed with the cursor open");
             }
         }
@@ -251,7 +252,7 @@ impl ConnState {
 
 impl Drop for ConnState {
     fn drop(&mut self) {
-        self.shared.tracker.unregister(self.id.conn);
+        self.obs.tracker.unregister(self.id.conn);
     }
 }
 

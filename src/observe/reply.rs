@@ -28,8 +28,8 @@ impl<'a> ReplyObserver<'a> {
         more: bool,
         now: Instant,
     ) {
-        let shared = &self.conn.shared;
-        let tracked = shared.config.watch.track;
+        let obs = &self.conn.obs;
+        let tracked = obs.watch.track;
         let pending = if tracked {
             self.conn.inflight.remove(response_to)
         } else {
@@ -51,7 +51,7 @@ impl<'a> ReplyObserver<'a> {
             return;
         }
         let Some(mut p) = pending else {
-            shared.counters.unmatched_replies.fetch_add(1, Relaxed);
+            obs.counters.unmatched_replies.fetch_add(1, Relaxed);
             if events::debug_enabled() {
                 let why = self.conn.why_unmatched(response_to);
                 events::unmatched_reply(&self.conn.id, (request_id, response_to), reply, why);
@@ -71,10 +71,10 @@ impl<'a> ReplyObserver<'a> {
         let elapsed = now.saturating_duration_since(facts.started);
         self.track_cursor(facts, reply, now);
         if let Some(hosts) = reply.hosts {
-            events::warn_replica_set_hosts(shared, hosts);
+            events::warn_replica_set_hosts(obs, hosts);
         }
         if let Some(wire) = reply.max_wire_version {
-            crate::observe::compat::check(shared, &facts.meta, wire);
+            crate::observe::compat::check(obs, &facts.meta, wire);
         }
         if facts.awaiting {
             return;
@@ -83,34 +83,29 @@ impl<'a> ReplyObserver<'a> {
         let micros = elapsed.as_micros() as u64;
         {
             let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
-            samples.push(
-                &facts.summary,
-                &facts.meta,
-                micros,
-                error,
-                now,
-                &shared.stats,
-            );
+            samples.push(&facts.summary, &facts.meta, micros, error, now, &obs.stats);
         }
         if error {
-            shared.counters.failed.fetch_add(1, Relaxed);
+            obs.counters.failed.fetch_add(1, Relaxed);
             events::failed(&p, reply, elapsed);
-        } else if shared.config.watch.command_log {
+        } else if obs.watch.command_log {
             events::succeeded(&p, elapsed);
         }
         // The watchdog's notes, final now that the entry is out of the table.
         if !p.watch().explained() {
-            shared.explainer.maybe_explain(p.request_id, facts, elapsed);
+            if let Some(explain) = &obs.explain {
+                explain.maybe_explain(p.request_id, facts, elapsed);
+            }
         }
         let was_stalled = p.watch().stall_reports() > 0;
-        let slow_ms = shared.config.watch.slow_ms;
+        let slow_ms = obs.watch.slow_ms;
         if elapsed.as_millis() as u64 >= slow_ms || was_stalled {
             events::slow(&p, elapsed, was_stalled);
         }
     }
 
     fn track_cursor(&self, p: &RequestFacts, reply: &ReplyView<'_>, now: Instant) {
-        let cursors = &self.conn.shared.cursors;
+        let cursors = &self.conn.obs.cursors;
         match &*p.summary.command {
             "find" | "aggregate" => {
                 if let Some(id) = reply.cursor_id.filter(|&id| id != 0) {
@@ -149,7 +144,7 @@ impl<'a> ReplyObserver<'a> {
 impl Observe for ReplyObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
         let now = self.conn.touch();
-        let limit = self.conn.shared.config.proxy.max_frame_bytes;
+        let limit = self.conn.obs.max_frame_bytes;
         with_message(frame, limit, |header, _compressor, message| {
             match message {
                 Message::Msg(msg) => {

@@ -45,32 +45,30 @@ impl<'a> RequestObserver<'a> {
         db_fallback: &str,
         changes: &[FieldChange],
     ) {
-        let shared = &self.conn.shared;
+        let obs = &self.conn.obs;
         if !self.handshake_seen && view.is_hello() {
             self.handshake_seen = true;
             if let Some(meta) = ClientMeta::from_hello(view) {
-                self.meta = shared.clients.intern(meta);
+                self.meta = obs.clients.intern(meta);
             }
         }
         if !expects_reply {
             // moreToCome on a request: w:0 writes. No reply will come.
-            shared.counters.fire_and_forget.fetch_add(1, Relaxed);
+            obs.counters.fire_and_forget.fetch_add(1, Relaxed);
             self.conn
                 .note_unanswerable(request_id, super::Unmatched::MoreToComeRequest);
             return;
         }
-        if !shared.config.watch.track {
+        if !obs.watch.track {
             return;
         }
         let awaiting = view.is_awaitable_hello()
             || (view.name == "getMore"
-                && view
-                    .cursor_id
-                    .is_some_and(|id| shared.cursors.is_awaiting(id)));
+                && view.cursor_id.is_some_and(|id| obs.cursors.is_awaiting(id)));
         // The tracker shows the limits in force, not the client's.
         let summary = self
             .summaries
-            .get(view, db_fallback, changes, &shared.summaries);
+            .get(view, db_fallback, changes, &obs.summaries);
         // The summary already holds the stage names: no second pass over
         // the pipeline.
         let opens_awaiting_cursor = (view.name == "find" && view.tailable && view.await_data)
@@ -79,7 +77,7 @@ impl<'a> RequestObserver<'a> {
         let injected_max_time = changes.iter().any(|c| c.field == "maxTimeMS");
         let comment = view
             .comment
-            .and_then(|c| render_comment(c, shared.config.watch.log_values));
+            .and_then(|c| render_comment(c, obs.watch.log_values));
         let facts = RequestFacts {
             conn: self.conn.id.conn,
             client: self.conn.id.client,
@@ -100,14 +98,14 @@ impl<'a> RequestObserver<'a> {
                 })
                 .unwrap_or_default(),
             injected_max_time,
-            explain_body: shared.explainer.body_for(view),
+            explain_body: obs.explain.as_ref().and_then(|e| e.body_for(view)),
         };
         let replaced = self.conn.inflight.insert(Pending::new(request_id, facts));
         if replaced.is_some() {
             self.conn
                 .note_unanswerable(request_id, super::Unmatched::RequestIdReused);
         }
-        if shared.config.watch.command_log {
+        if obs.watch.command_log {
             events::started(self.conn, request_id, view, &self.meta);
         }
     }
@@ -137,7 +135,7 @@ fn render_comment(c: RawBsonRef<'_>, log_values: bool) -> Option<Arc<str>> {
 impl Observe for RequestObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
         self.received = self.conn.touch();
-        let limit = self.conn.shared.config.proxy.max_frame_bytes;
+        let limit = self.conn.obs.max_frame_bytes;
         with_message(frame, limit, |header, compressor, message| match message {
             Message::Msg(msg) => {
                 let view = CommandView::parse(msg.body)?;
@@ -174,16 +172,13 @@ impl RequestObserver<'_> {
     /// Legacy OP_QUERY commands are never rewritten; count the ones a rule
     /// would have applied to, so an operator can see what passed untouched.
     fn note_legacy_rewrite(&self, view: &CommandView<'_>, db: &str) {
-        let shared = &self.conn.shared;
-        let settings = shared.settings.load();
+        let obs = &self.conn.obs;
+        let settings = obs.settings.load();
         let policy = &settings.policy;
         let collection = view.collection().unwrap_or("");
         let rule = policy.matching(view.name, db, collection, &self.meta.app);
         if rule.is_some() && !rewrite::never_rewrite(view.name) {
-            shared
-                .counters
-                .rewrites_skipped_op_query
-                .fetch_add(1, Relaxed);
+            obs.counters.rewrites_skipped_op_query.fetch_add(1, Relaxed);
         }
     }
 
@@ -197,8 +192,8 @@ impl RequestObserver<'_> {
         msg: &OpMsg<'_>,
         view: &CommandView<'_>,
     ) -> Result<Option<(Vec<u8>, Changes)>, DecodeError> {
-        let shared = &self.conn.shared;
-        let settings = shared.settings.load();
+        let obs = &self.conn.obs;
+        let settings = obs.settings.load();
         let policy = &settings.policy;
         let db = view.db.unwrap_or("");
         let collection = view.collection().unwrap_or("");
@@ -214,7 +209,7 @@ impl RequestObserver<'_> {
         }
         let dry_run = policy.mode == RewriteMode::DryRun;
         if let Some(plan) = &plan {
-            shared.count_rewrite(view.name, &plan.changes, dry_run);
+            obs.count_rewrite(view.name, &plan.changes, dry_run);
             events::rewritten(
                 self.conn,
                 header.request_id,

@@ -5,4 +5,3 @@ pub mod error;
 pub mod listen;
 pub mod server;
 pub mod session;
-pub mod tls;

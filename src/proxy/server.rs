@@ -6,8 +6,8 @@ use crate::config::Config;
 use crate::observe::ConnId;
 use crate::proxy::listen::Setting;
 use crate::proxy::session::{self, Shutdown};
-use crate::proxy::tls::Tls;
-use crate::reload::Reloadable;
+use crate::settings::tls::Tls;
+use crate::settings::Reloadable;
 use crate::shared::Shared;
 use crate::topology::{Member, ReplicaSet};
 use anyhow::Context;
@@ -73,6 +73,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     if shared.config.capture.enabled {
         shared
+            .observe
             .capture
             .start()
             .context("cannot start capture (capture.enabled)")?;
@@ -119,11 +120,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         ));
     }
     background.spawn(crate::background::watchdog::run(
-        shared.clone(),
+        shared.observe.clone(),
+        shared.explainer.clone(),
         shutdown.abort.clone(),
     ));
     background.spawn(crate::background::health::run(
-        shared.clone(),
+        shared.health.clone(),
+        shared.config.health.clone(),
+        shared.config.proxy.upstream.clone(),
+        shared.settings.clone(),
         shutdown.abort.clone(),
     ));
     background.close();
@@ -160,14 +165,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     accepting.wait().await;
     let deadline = Duration::from_millis(shared.config.proxy.drain_timeout_ms);
     info!(
-        active = shared.counters.connections_active.load(Relaxed),
+        active = shared.observe.counters.connections_active.load(Relaxed),
         deadline_ms = deadline.as_millis() as u64,
         "shutting down: no new connections, draining in-flight commands"
     );
     tasks.close();
     if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
         warn!(
-            active = shared.counters.connections_active.load(Relaxed),
+            active = shared.observe.counters.connections_active.load(Relaxed),
             "drain deadline passed: closing remaining connections"
         );
     }
@@ -187,7 +192,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         warn!("some tasks did not stop within 2 s of the drain deadline");
     }
     // Flush and close the capture file last, after the final frames.
-    let s = shared.clone();
+    let s = shared.observe.clone();
     let _ = tokio::task::spawn_blocking(move || s.capture.stop()).await;
     info!("stopped");
     Ok(())
@@ -217,11 +222,11 @@ async fn accept_loop(
             _ = shutdown.drain.cancelled() => return,
         };
         let Some(active) = shared.try_admit(shared.config.proxy.max_connections) else {
-            shared.counters.connections_refused.fetch_add(1, Relaxed);
+            shared.observe.counters.connections_refused.fetch_add(1, Relaxed);
             warn!(
                 event = "connection_refused",
                 client = %client,
-                active = shared.counters.connections_active.load(Relaxed),
+                active = shared.observe.counters.connections_active.load(Relaxed),
                 max_connections = shared.config.proxy.max_connections,
                 "refusing connection: proxy.max_connections reached"
             );

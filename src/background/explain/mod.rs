@@ -15,7 +15,8 @@ use crate::config::ExplainConfig;
 use crate::mongo_client::{ClientError, UpstreamClient};
 use crate::observe::events::command_event;
 use crate::observe::tracker::RequestFacts;
-use crate::reload::Settings;
+use crate::observe::AutoExplain;
+use crate::settings::Settings;
 use bson::raw::cstr;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use dashmap::mapref::entry::Entry;
@@ -296,6 +297,12 @@ impl Explainer {
         inner.tasks.spawn_on(run(slot, job), &handle);
     }
 
+    /// How long a command runs before it is explained (`explain.after_ms`);
+    /// `None` when auto-explain is off.
+    pub fn after_ms(&self) -> Option<u64> {
+        self.inner.as_ref().map(|i| i.cfg.after_ms)
+    }
+
     /// Stops the running explains (they log nothing more) and waits for
     /// them to end; one started later returns at once.
     pub async fn stop(&self) {
@@ -303,6 +310,17 @@ impl Explainer {
         inner.stop.cancel();
         inner.tasks.close();
         inner.tasks.wait().await;
+    }
+}
+
+/// How observation reaches the explainer without importing this layer.
+impl AutoExplain for Explainer {
+    fn body_for(&self, view: &CommandView<'_>) -> Option<Arc<RawDocumentBuf>> {
+        Explainer::body_for(self, view)
+    }
+
+    fn maybe_explain(&self, request_id: i32, facts: &RequestFacts, elapsed: Duration) {
+        Explainer::maybe_explain(self, request_id, facts, elapsed)
     }
 }
 

@@ -9,10 +9,10 @@ fn cfg() -> ExplainConfig {
 }
 
 /// Plaintext to the upstream and no rewrite rules.
-fn settings() -> crate::reload::Settings {
+fn settings() -> crate::settings::Settings {
     let config = crate::config::Config::default();
-    crate::reload::settings(crate::reload::Reloadable::new(
-        crate::proxy::tls::Tls::default(),
+    crate::settings::swap(crate::settings::Reloadable::new(
+        crate::settings::tls::Tls::default(),
         &config,
     ))
 }

@@ -146,7 +146,7 @@ pub fn export(
     link: Link,
     server: SocketAddr,
 ) -> Result<Summary, ExportError> {
-    let files = crate::capture::replay::capture_files(inputs).map_err(ExportError::Read)?;
+    let files = crate::capture::capture_files(inputs).map_err(ExportError::Read)?;
     if files.is_empty() {
         let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
         return Err(ExportError::NoFiles(names.join(", ")));

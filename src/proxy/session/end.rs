@@ -78,6 +78,7 @@ pub(super) fn report_end(shared: &Shared, id: &ConnId, end: &End, reset: bool) {
             e @ (SessionError::FrameTimeout { side, .. } | SessionError::Decode { side, .. }),
         ) => {
             shared
+                .observe
                 .counters
                 .decode_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

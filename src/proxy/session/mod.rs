@@ -56,6 +56,7 @@ pub async fn run(
                 // Not a decode error: no frame was read. The log event
                 // keeps its name, which scripts already match on.
                 shared
+                    .observe
                     .counters
                     .tls_handshake_failures_client
                     .fetch_add(1, Relaxed);
@@ -75,11 +76,13 @@ pub async fn run(
         Ok(halves) => halves,
         Err(e) => {
             shared
+                .observe
                 .counters
                 .upstream_connect_errors
                 .fetch_add(1, Relaxed);
             if matches!(e, SessionError::UpstreamTls { .. }) {
                 shared
+                    .observe
                     .counters
                     .tls_handshake_failures_upstream
                     .fetch_add(1, Relaxed);
@@ -100,7 +103,7 @@ pub async fn run(
     // ones are shared by every session.
     let (abort, drain) = (shutdown.abort.child_token(), shutdown.drain.child_token());
     let proxy = &shared.config.proxy;
-    let conn_state = crate::observe::ConnState::new(shared.clone(), id.clone());
+    let conn_state = crate::observe::ConnState::new(shared.observe.clone(), id.clone());
     let mut requests = RequestObserver::new(&conn_state);
     let mut replies = ReplyObserver::new(&conn_state);
     let frame_timeout = Duration::from_millis(proxy.frame_timeout_ms);

@@ -3,7 +3,7 @@
 //! share one forwarding loop.
 
 use crate::proxy::error::SessionError;
-use crate::proxy::tls::Tls;
+use crate::settings::tls::Tls;
 use crate::shared::Shared;
 use crate::topology::Member;
 use rustls::pki_types::ServerName;

@@ -22,7 +22,7 @@ mod report;
 
 use crate::config::Config;
 use crate::mongo_client::{ClientError, UpstreamClient};
-use crate::observe::policy::Policy;
+use crate::settings::policy::Policy;
 use cursor_ids::{remap, Cursors, Remapped};
 use indicatif::{ProgressBar, ProgressStyle};
 use plan::{ConnPlan, Op, Plan};
@@ -124,7 +124,7 @@ pub fn run(args: &ReplayArgs) -> Result<(), ReplayError> {
         }
         None => None,
     };
-    let files = capture_files(&args.captures).map_err(ReplayError::Read)?;
+    let files = crate::capture::capture_files(&args.captures).map_err(ReplayError::Read)?;
     if files.is_empty() {
         let names: Vec<String> = args
             .captures
@@ -170,25 +170,6 @@ pub fn run(args: &ReplayArgs) -> Result<(), ReplayError> {
         out.push_str(&format!("report: {}\n", path.display()));
     }
     crate::stdout::print(&out).map_err(ReplayError::Stdout)
-}
-
-/// The capture files `inputs` name (a base path stands for all its
-/// files), in the order they were written: by the start time in each
-/// file's header, then by name. Files given out of order are read in order.
-pub fn capture_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    let mut keyed = Vec::new();
-    for path in crate::capture::expand(inputs) {
-        let mut header = [0u8; mongotap_proto::capture::HEADER_LEN];
-        std::fs::File::open(&path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let start = mongotap_proto::capture::decode_header(&header)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        keyed.push((start, path));
-    }
-    keyed.sort();
-    keyed.dedup_by(|a, b| a.1 == b.1);
-    Ok(keyed.into_iter().map(|(_, p)| p).collect())
 }
 
 struct Credentials {

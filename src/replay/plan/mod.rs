@@ -9,7 +9,7 @@
 
 use crate::capture;
 use crate::observe::meta::ClientMeta;
-use crate::observe::policy::Policy;
+use crate::settings::policy::Policy;
 use bson::raw::RawBsonRef;
 use bson::{RawDocument, RawDocumentBuf};
 use mongotap_proto::capture::{Direction, Record};

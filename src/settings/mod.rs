@@ -1,15 +1,19 @@
 //! The settings SIGHUP reloads (TLS certificates, rewrite rules), kept
-//! behind one swap. Every user reads the swap when it acts, never a copy
+//! behind one swap: the TLS acceptor and connector (`tls`), the compiled
+//! rewrite rules (`policy`), and the swap that holds them. Every user reads the swap when it acts, never a copy
 //! taken earlier: sessions when a connection starts, the request observer
 //! for each command, auto-explain at each explain and the health probe at
 //! each connect. Anything that kept its own copy would go on using the old
 //! certificates after a reload.
 
+pub mod policy;
+pub mod tls;
+
 use crate::config::Config;
-use crate::observe::policy::Policy;
-use crate::proxy::tls::{Tls, TlsError};
 use arc_swap::ArcSwap;
+use policy::Policy;
 use std::sync::Arc;
+use tls::{Tls, TlsError};
 
 /// One generation of the reloadable settings, replaced whole so a reader
 /// never sees new certificates with old rules or the other way round.
@@ -36,9 +40,10 @@ impl Reloadable {
     }
 }
 
-/// The swap itself, shared by `Shared` and the explainer.
+/// The swap itself, held by `Shared`, the `Observatory`, the explainer and
+/// the health probe.
 pub type Settings = Arc<ArcSwap<Reloadable>>;
 
-pub fn settings(initial: Reloadable) -> Settings {
+pub fn swap(initial: Reloadable) -> Settings {
     Arc::new(ArcSwap::from_pointee(initial))
 }
