@@ -119,26 +119,33 @@ fn rewrite_message(
         OpCode::Msg => {
             let msg = op_msg::parse(message)?;
             let facts = facts_of(msg.body);
-            let Some(body) = fields::rewrite_body(msg.body, kind, map)? else {
+            if !fields::names_members(msg.body, kind)? {
                 return Ok(ReplyRewrite { frame: None, facts });
-            };
-            // The flags are kept as they were (moreToCome, exhaustAllowed);
-            // with checksumPresent, encoding computes a fresh CRC-32C.
-            let frame = op_msg::encode_with::<std::convert::Infallible>(
+            }
+            // The new body is written straight into the frame. The flags are
+            // kept as they were (moreToCome, exhaustAllowed); with
+            // checksumPresent, encoding computes a fresh CRC-32C.
+            let original = msg.body.as_bytes();
+            let mut body_start = 0;
+            let frame = op_msg::encode_with(
                 header.request_id,
                 header.response_to,
                 msg.flags,
-                body.len(),
+                original.len() + 64,
                 &msg.sequences,
                 |out| {
-                    out.extend_from_slice(&body);
-                    Ok(())
+                    body_start = out.len();
+                    fields::write_body(msg.body, kind, map, out)
                 },
-            );
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(never) => match never {},
-            };
+            )?;
+            // Same length prefix and same bytes: the body did not change
+            // (every address already was the one to advertise).
+            if frame
+                .get(body_start..)
+                .is_some_and(|b| b.starts_with(original))
+            {
+                return Ok(ReplyRewrite { frame: None, facts });
+            }
             Ok(ReplyRewrite {
                 frame: Some(fits(frame, limit)?),
                 facts,

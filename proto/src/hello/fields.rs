@@ -13,22 +13,39 @@ pub(super) fn rewrite_body(
     kind: ReplyKind,
     map: &mut dyn AddressMap,
 ) -> Result<Option<Vec<u8>>, DecodeError> {
+    if !names_members(doc, kind)? {
+        return Ok(None);
+    }
+    // Addresses are short; most rewrites fit without growing.
+    let mut out = Vec::with_capacity(doc.as_bytes().len() + 64);
+    write_body(doc, kind, map, &mut out)?;
+    Ok((out != doc.as_bytes()).then_some(out))
+}
+
+/// Whether `doc` has a top-level field that can name a member, so that a
+/// reply without one (a mongos or standalone hello) is passed on without
+/// writing anything.
+pub(super) fn names_members(doc: &RawDocument, kind: ReplyKind) -> Result<bool, DecodeError> {
     let keys: &[&str] = match kind {
         ReplyKind::Hello => &["hosts", "passives", "arbiters", "primary", "me"],
         ReplyKind::ReplSetGetStatus => &["members", "syncSourceHost", "syncingTo"],
         ReplyKind::ReplSetGetConfig => &["config"],
     };
-    if !has_any_key(doc, keys)? {
-        return Ok(None);
-    }
-    // Addresses are short; most rewrites fit without growing.
-    let mut out = Vec::with_capacity(doc.as_bytes().len() + 64);
+    has_any_key(doc, keys)
+}
+
+/// Appends the rewritten `doc` to `out`.
+pub(super) fn write_body(
+    doc: &RawDocument,
+    kind: ReplyKind,
+    map: &mut dyn AddressMap,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
     match kind {
-        ReplyKind::Hello => hello(doc, map, &mut out)?,
-        ReplyKind::ReplSetGetStatus => status(doc, map, &mut out)?,
-        ReplyKind::ReplSetGetConfig => config(doc, map, &mut out)?,
+        ReplyKind::Hello => hello(doc, map, out),
+        ReplyKind::ReplSetGetStatus => status(doc, map, out),
+        ReplyKind::ReplSetGetConfig => config(doc, map, out),
     }
-    Ok((out != doc.as_bytes()).then_some(out))
 }
 
 /// hello / isMaster: the member lists, `primary` and `me`.
