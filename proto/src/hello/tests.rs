@@ -261,9 +261,18 @@ fn replies_with_nothing_to_rewrite_are_forwarded() {
     // Already advertises mongotap: mapping changes no byte.
     let mapped = rawdoc! { "hosts": ["proxy:30001"], "me": "proxy:30002", "ok": 1.0 };
     for doc in [&mongos, &standalone, &mapped] {
-        let mut map = Listeners::new();
-        let out = rewrite_reply(&msg(doc, 0), ReplyKind::Hello, &mut map, LIMIT);
-        assert_eq!(out, Ok(None), "{doc:?}");
+        let reply = OpReply {
+            response_flags: 8,
+            cursor_id: 0,
+            starting_from: 0,
+            number_returned: 1,
+            documents: doc.as_bytes(),
+        };
+        for frame in [msg(doc, CHECKSUM_PRESENT), op_reply::encode(3, 2, &reply)] {
+            let mut map = Listeners::new();
+            let out = rewrite_reply(&frame, ReplyKind::Hello, &mut map, LIMIT);
+            assert_eq!(out, Ok(None), "{doc:?}");
+        }
     }
     // Not a reply mongotap rewrites.
     let query = crate::op_query::encode(

@@ -21,17 +21,26 @@ const KINDS: [ReplyKind; 3] = [
     ReplyKind::ReplSetGetConfig,
 ];
 
-/// Whatever the bytes, no panic; and a frame that comes out is one a
-/// client can read.
+/// Whether a client can read every top-level value of the reply.
+fn readable(frame: &[u8]) -> bool {
+    let all_values = |d: &RawDocument| d.iter().all(|e| e.is_ok());
+    with_message(frame, LIMIT, |_, _, m| match m {
+        Message::Msg(m) => all_values(m.body),
+        Message::Reply(r) => r.first().is_some_and(all_values),
+        _ => false,
+    })
+    .unwrap_or(false)
+}
+
+/// Whatever the bytes, no panic; and a rewrite of a readable reply is
+/// readable. (An element the rewriter does not own is copied as it is,
+/// unreadable or not: the driver judges it, as it would without mongotap.)
 fn never_panics(frame: &[u8]) {
     for kind in KINDS {
         if let Ok(Some(out)) = rewrite_reply(frame, kind, &mut Listeners::new(), LIMIT) {
-            let ok = with_message(&out, LIMIT, |_, _, m| match m {
-                Message::Msg(m) => m.body.iter().all(|e| e.is_ok()),
-                Message::Reply(r) => r.first().is_some_and(|d| d.iter().all(|e| e.is_ok())),
-                _ => false,
-            });
-            assert_eq!(ok, Ok(true), "{kind:?} wrote an unreadable frame");
+            if readable(frame) {
+                assert!(readable(&out), "{kind:?} wrote an unreadable frame");
+            }
         }
     }
     let _ = frame_hello_facts(frame, LIMIT);
