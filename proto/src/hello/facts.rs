@@ -35,15 +35,19 @@ pub struct HelloFacts {
     pub members: Vec<String>,
 }
 
-/// Reads the facts of a hello reply. Fields of the wrong type are ignored,
-/// and reading stops at the first malformed element: nothing here fails.
+/// Reads the facts of a hello reply. Fields of the wrong type or with a
+/// malformed value are ignored, and reading stops where the document's
+/// framing breaks: nothing here fails.
 /// A reply that is not a hello allocates nothing.
 pub fn hello_facts(doc: &RawDocument) -> HelloFacts {
     let mut facts = HelloFacts::default();
     let (mut primary, mut secondary, mut arbiter, mut hidden) = (false, false, false, false);
     let is_true = |value| as_bool(value) == Some(true);
-    for (key, value) in doc.iter().map_while(Result::ok) {
-        match key.as_str() {
+    for element in doc.iter_elements().map_while(Result::ok) {
+        let Ok(value) = element.value() else {
+            continue;
+        };
+        match element.key().as_str() {
             "setName" => facts.set_name = value.as_str().map(str::to_owned),
             "isWritablePrimary" | "ismaster" => primary |= is_true(value),
             "secondary" => secondary = is_true(value),

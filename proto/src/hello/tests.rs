@@ -448,6 +448,19 @@ fn facts_read_state_name_me_and_members() {
     for (doc, state) in &states {
         assert_eq!(hello_facts(doc).state, *state, "{doc:?}");
     }
+    // A malformed value (a boolean of 2) hides nothing that follows it.
+    let mut bytes = secondary_hello().into_bytes();
+    let needle = b"secondary\0\x01";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("secondary: true");
+    bytes[at + needle.len() - 1] = 2;
+    let damaged = hello_facts(RawDocument::from_bytes(&bytes).expect("framing intact"));
+    assert_eq!(damaged.state, MemberState::Unknown);
+    assert_eq!(damaged.me, facts.me);
+    assert_eq!(damaged.members, facts.members);
+
     let mongos = hello_facts(&rawdoc! { "msg": "isdbgrid", "ok": 1 });
     assert_eq!(mongos, HelloFacts::default());
 
