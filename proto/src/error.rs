@@ -59,6 +59,11 @@ pub enum DecodeError {
         claimed: usize,
         actual: usize,
     },
+    #[error("OP_COMPRESSED cannot compress a rewritten message with {compressor}: {reason}")]
+    Compress {
+        compressor: &'static str,
+        reason: String,
+    },
     #[error("OP_COMPRESSED wraps opcode {opcode}, which cannot be compressed")]
     NestedCompression { opcode: i32 },
     #[error("{opcode} has {extra} trailing bytes after its last document")]

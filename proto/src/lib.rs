@@ -12,6 +12,7 @@ pub mod command;
 pub mod error;
 pub mod frame;
 pub mod header;
+pub mod hello;
 pub mod message;
 pub mod op_compressed;
 pub mod op_msg;
