@@ -11,6 +11,8 @@
 //! - `settings`: what SIGHUP swaps (TLS for both sides, the compiled
 //!   rewrite rules), built from `config`, the upstream TLS connector being
 //!   the client's.
+//! - `topology`: replica-set mode's members, their listeners and the map
+//!   from member addresses to mongotap's; it needs only `config`.
 //! - `capture`: the recorder and capture files; it needs only `config`.
 //! - `observe`: per-frame observation. Its `Observatory` holds what every
 //!   connection shares, including the capture and the settings swap; it

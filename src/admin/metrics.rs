@@ -137,7 +137,7 @@ fn rewrites(enc: &mut DescriptorEncoder, s: &Observatory) -> Result<(), std::fmt
 
 /// One gauge per replica-set member: 1 while mongotap's own probe gets a
 /// hello back from it. Nothing in direct mode.
-fn member_up(enc: &mut DescriptorEncoder, s: &Shared) -> Result<(), std::fmt::Error> {
+fn member_up(enc: &mut DescriptorEncoder, s: &Observatory) -> Result<(), std::fmt::Error> {
     let Some(set) = &s.replica_set else {
         return Ok(());
     };
@@ -221,7 +221,10 @@ impl Collector for ProxyCollector {
             &mut enc,
             "mongotap_upstream_up",
             "1 while the upstream answers the health probe's hello, 0 otherwise (see /readyz)",
-            i64::from(health.is_up()),
+            i64::from(match &s.replica_set {
+                None => health.is_up(),
+                Some(set) => set.any_up(),
+            }),
         )?;
         member_up(&mut enc, s)?;
         counter(

@@ -96,22 +96,29 @@ async fn shapes(State(shared): S) -> impl IntoResponse {
 
 /// 200 while the upstream answers the health probe's hello, 503 with the
 /// last error while it does not.
+/// In replica-set mode, 200 while at least one member answers.
 async fn readyz(State(shared): S) -> impl IntoResponse {
-    let r = shared
-        .health
-        .readiness(&shared.config.proxy.upstream, std::time::Instant::now());
-    let status = if r.ready {
+    let (ready, body) = match &shared.observe.replica_set {
+        None => {
+            let r = shared
+                .health
+                .readiness(&shared.config.proxy.upstream, std::time::Instant::now());
+            (r.ready, r.body)
+        }
+        Some(set) => set.readiness(),
+    };
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(r.body))
+    (status, Json(body))
 }
 
 /// Replica-set mode's members, listeners and states; in direct mode, the
 /// one upstream.
 async fn topology(State(shared): S) -> impl IntoResponse {
-    Json(match &shared.replica_set {
+    Json(match &shared.observe.replica_set {
         Some(set) => set.snapshot(std::time::Instant::now()),
         None => serde_json::json!({
             "mode": "direct",

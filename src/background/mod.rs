@@ -3,4 +3,5 @@
 
 pub mod explain;
 pub mod health;
+pub mod topology;
 pub mod watchdog;

@@ -5,9 +5,10 @@
 //! the set has now, so that a member added by a reconfig gets a listener
 //! before any client asks for it.
 
+use crate::config::HealthConfig;
 use crate::mongo_client::{ClientError, TlsUpstream, UpstreamClient};
-use crate::shared::Shared;
-use crate::topology::{Member, MemberState, ReplicaSet};
+use crate::settings::Settings;
+use crate::topology::{Member, ReplicaSet};
 use mongotap_proto::hello::{self, HelloFacts};
 use rustls::pki_types::ServerName;
 use std::collections::HashSet;
@@ -23,18 +24,24 @@ pub const MONITOR_APP: &str = "mongotap-topology";
 
 /// Starts a probe for every member, including members discovered later,
 /// until `stop`.
-pub async fn run(shared: Arc<Shared>, set: Arc<ReplicaSet>, stop: CancellationToken) {
+pub async fn run(
+    set: Arc<ReplicaSet>,
+    cfg: HealthConfig,
+    settings: Settings,
+    stop: CancellationToken,
+) {
     let probes = TaskTracker::new();
     let mut probed = HashSet::new();
-    let mut check = tokio::time::interval(Duration::from_millis(shared.config.health.interval_ms));
+    let mut check = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         for member in set.members() {
             if probed.insert(member.name.clone()) {
                 probes.spawn(probe_member(
-                    shared.clone(),
                     set.clone(),
                     member,
+                    cfg.clone(),
+                    settings.clone(),
                     stop.clone(),
                 ));
             }
@@ -50,12 +57,12 @@ pub async fn run(shared: Arc<Shared>, set: Arc<ReplicaSet>, stop: CancellationTo
 }
 
 async fn probe_member(
-    shared: Arc<Shared>,
     set: Arc<ReplicaSet>,
     member: Arc<Member>,
+    cfg: HealthConfig,
+    settings: Settings,
     stop: CancellationToken,
 ) {
-    let cfg = &shared.config.health;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = Duration::from_millis(cfg.timeout_ms);
@@ -70,14 +77,14 @@ async fn probe_member(
         // connection mid-frame), but it is dropped only on shutdown, after
         // which nothing uses the connection.
         let result = tokio::select! {
-            r = probe(&shared, &member, &mut conn, timeout) => r,
+            r = probe(&settings, &member, &mut conn, timeout) => r,
             () = stop.cancelled() => return,
         };
         let was_up = member.up();
         match result {
             Ok(facts) => {
                 member.set_up(true);
-                member.saw_hello(state(facts.state), set.epoch, Instant::now());
+                member.saw_hello(facts.state, set.epoch, Instant::now());
                 if let Some(name) = &facts.set_name {
                     set.note_set_name(name);
                 }
@@ -90,8 +97,8 @@ async fn probe_member(
                     info!(
                         event = "upstream_up",
                         member = %member.name,
-                        state = state(facts.state).as_str(),
-                        "replica-set member {} answers hello ({})", member.name, state(facts.state).as_str()
+                        state = facts.state.as_str(),
+                        "replica-set member {} answers hello ({})", member.name, facts.state.as_str()
                     );
                 }
             }
@@ -115,7 +122,7 @@ async fn probe_member(
 /// One hello on the kept connection, or on a new one; each step bounded
 /// by `timeout`.
 async fn probe(
-    shared: &Shared,
+    settings: &Settings,
     member: &Member,
     conn: &mut Option<UpstreamClient>,
     timeout: Duration,
@@ -123,7 +130,7 @@ async fn probe(
     let addr = &member.upstream;
     if conn.is_none() {
         // Loaded at each connect, so certificates reloaded on SIGHUP apply.
-        let settings = shared.settings.load_full();
+        let settings = settings.load_full();
         let tls = member_tls(settings.tls.connector.as_ref(), member)?;
         *conn = Some(UpstreamClient::connect_as(addr, timeout, tls.as_ref(), MONITOR_APP).await?);
     }
@@ -152,14 +159,4 @@ fn member_tls(
         }
     })?;
     Ok(Some((connector.clone(), name)))
-}
-
-fn state(s: hello::MemberState) -> MemberState {
-    match s {
-        hello::MemberState::Primary => MemberState::Primary,
-        hello::MemberState::Secondary => MemberState::Secondary,
-        hello::MemberState::Arbiter => MemberState::Arbiter,
-        hello::MemberState::Hidden => MemberState::Hidden,
-        hello::MemberState::Unknown => MemberState::Unknown,
-    }
 }

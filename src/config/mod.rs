@@ -8,7 +8,9 @@ use thiserror::Error;
 mod health;
 mod topology;
 pub use health::HealthConfig;
-pub use topology::{listen_host, MemberConfig, TopologyConfig, TopologyMode};
+pub use topology::{listen_host, TopologyConfig};
+#[cfg(test)]
+pub use topology::{MemberConfig, TopologyMode};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {

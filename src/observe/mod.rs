@@ -7,6 +7,7 @@
 
 pub mod compat;
 mod conn_capture;
+mod hello_rewrite;
 pub mod cursors;
 pub mod events;
 pub mod meta;
@@ -69,6 +70,8 @@ pub struct ConnState {
     /// The last few requests whose reply would match nothing, and why, to
     /// name the cause when one is answered anyway.
     unanswerable: Mutex<RecentIds>,
+    /// Replica-set mode: requests whose replies name members.
+    hellos: Mutex<hello_rewrite::HelloIds>,
 }
 
 /// Why a reply's `responseTo` matched no pending request.
@@ -150,6 +153,7 @@ impl ConnState {
             last_frame_ms: AtomicU64::new(0),
             opened: Instant::now(),
             unanswerable: Mutex::default(),
+            hellos: Mutex::default(),
         }
     }
 

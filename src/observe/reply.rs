@@ -145,27 +145,35 @@ impl Observe for ReplyObserver<'_> {
     fn observe(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
         let now = self.conn.touch();
         let limit = self.conn.obs.max_frame_bytes;
-        with_message(frame, limit, |header, _compressor, message| {
+        let (ids, more) = with_message(frame, limit, |header, _compressor, message| {
+            let ids = (header.request_id, header.response_to);
             match message {
                 Message::Msg(msg) => {
                     let view = ReplyView::parse(msg.body)?;
-                    let ids = (header.request_id, header.response_to);
-                    self.reply(frame, ids, &view, msg.more_to_come(), now);
+                    let more = msg.more_to_come();
+                    self.reply(frame, ids, &view, more, now);
+                    Ok((ids, more))
                 }
                 Message::Reply(r) => {
                     let view = match r.first() {
                         Some(doc) => ReplyView::parse(doc)?,
                         None => ReplyView::default(),
                     };
-                    let ids = (header.request_id, header.response_to);
                     self.reply(frame, ids, &view, false, now);
+                    Ok((ids, false))
                 }
                 Message::Query(_) => {
                     self.conn.capture(frame, Direction::ToClient, None);
+                    Ok((ids, false))
                 }
-                Message::Unknown => self.conn.unknown_opcode(frame, Direction::ToClient),
+                Message::Unknown => {
+                    self.conn.unknown_opcode(frame, Direction::ToClient);
+                    Ok((ids, false))
+                }
             }
-            Ok(None)
-        })?
+        })??;
+        // Observed as the server sent it; rewritten (replica-set mode) as
+        // the client must see it.
+        self.conn.rewrite_member_reply(frame, ids, more)
     }
 }

@@ -46,6 +46,9 @@ impl<'a> RequestObserver<'a> {
         changes: &[FieldChange],
     ) {
         let obs = &self.conn.obs;
+        if expects_reply {
+            self.conn.note_member_request(request_id, view.name);
+        }
         if !self.handshake_seen && view.is_hello() {
             self.handshake_seen = true;
             if let Some(meta) = ClientMeta::from_hello(view) {

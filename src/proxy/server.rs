@@ -124,13 +124,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         shared.explainer.clone(),
         shutdown.abort.clone(),
     ));
-    background.spawn(crate::background::health::run(
-        shared.health.clone(),
-        shared.config.health.clone(),
-        shared.config.proxy.upstream.clone(),
-        shared.settings.clone(),
-        shutdown.abort.clone(),
-    ));
+    match &shared.observe.replica_set {
+        // Direct mode: one upstream behind /readyz.
+        None => background.spawn(crate::background::health::run(
+            shared.health.clone(),
+            shared.config.health.clone(),
+            shared.config.proxy.upstream.clone(),
+            shared.settings.clone(),
+            shutdown.abort.clone(),
+        )),
+        // Replica-set mode: every member, each on its own probe.
+        Some(set) => background.spawn(crate::background::topology::run(
+            set.clone(),
+            shared.config.health.clone(),
+            shared.settings.clone(),
+            shutdown.abort.clone(),
+        )),
+    };
     background.close();
 
     let accept = |member, listener| {

@@ -1,40 +1,29 @@
 //! One replica-set member as mongotap sees it: where its clients connect,
 //! what hello replies call it, and what the last hello said about it.
 
+pub use mongotap_proto::hello::MemberState;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Instant;
 
-/// The member's role, from the last hello it answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum MemberState {
-    Unknown = 0,
-    Primary = 1,
-    Secondary = 2,
-    Arbiter = 3,
-    Hidden = 4,
+/// `MemberState` kept in an atomic: its discriminant.
+fn state_to_u8(s: MemberState) -> u8 {
+    match s {
+        MemberState::Unknown => 0,
+        MemberState::Primary => 1,
+        MemberState::Secondary => 2,
+        MemberState::Arbiter => 3,
+        MemberState::Hidden => 4,
+    }
 }
 
-impl MemberState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberState::Unknown => "unknown",
-            MemberState::Primary => "primary",
-            MemberState::Secondary => "secondary",
-            MemberState::Arbiter => "arbiter",
-            MemberState::Hidden => "hidden",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => MemberState::Primary,
-            2 => MemberState::Secondary,
-            3 => MemberState::Arbiter,
-            4 => MemberState::Hidden,
-            _ => MemberState::Unknown,
-        }
+fn state_from_u8(v: u8) -> MemberState {
+    match v {
+        1 => MemberState::Primary,
+        2 => MemberState::Secondary,
+        3 => MemberState::Arbiter,
+        4 => MemberState::Hidden,
+        _ => MemberState::Unknown,
     }
 }
 
@@ -68,14 +57,14 @@ impl Member {
             listen,
             advertise: advertise.to_ascii_lowercase(),
             configured,
-            state: AtomicU8::new(MemberState::Unknown as u8),
+            state: AtomicU8::new(state_to_u8(MemberState::Unknown)),
             up: AtomicU8::new(2),
             last_hello_ms: AtomicU64::new(0),
         }
     }
 
     pub fn state(&self) -> MemberState {
-        MemberState::from_u8(self.state.load(Relaxed))
+        state_from_u8(self.state.load(Relaxed))
     }
 
     /// Whether mongotap's own probe reached it; `None` before the first probe.
@@ -90,13 +79,13 @@ impl Member {
     pub fn set_up(&self, up: bool) {
         self.up.store(u8::from(up), Relaxed);
         if !up {
-            self.state.store(MemberState::Unknown as u8, Relaxed);
+            self.state.store(state_to_u8(MemberState::Unknown), Relaxed);
         }
     }
 
     /// A hello reply from this member, at `now`.
     pub fn saw_hello(&self, state: MemberState, epoch: Instant, now: Instant) {
-        self.state.store(state as u8, Relaxed);
+        self.state.store(state_to_u8(state), Relaxed);
         let ms = now.saturating_duration_since(epoch).as_millis() as u64;
         self.last_hello_ms.store(ms + 1, Relaxed);
     }

@@ -163,6 +163,36 @@ impl ReplicaSet {
         })
     }
 
+    /// `/readyz` in replica-set mode: ready while at least one member
+    /// answers mongotap's probe (reads with a secondary read preference
+    /// still work without a primary).
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let members = self.members();
+        let up: Vec<&str> = members
+            .iter()
+            .filter(|m| m.up() == Some(true))
+            .map(|m| m.name.as_str())
+            .collect();
+        let primary = members
+            .iter()
+            .find(|m| m.up() == Some(true) && m.state() == MemberState::Primary)
+            .map(|m| m.name.as_str());
+        let ready = !up.is_empty();
+        let body = serde_json::json!({
+            "ready": ready,
+            "mode": "replica-set",
+            "members_up": up,
+            "primary": primary,
+            "members": members.len(),
+        });
+        (ready, body)
+    }
+
+    /// Whether any member answers (`mongotap_upstream_up`).
+    pub fn any_up(&self) -> bool {
+        self.members().iter().any(|m| m.up() == Some(true))
+    }
+
     fn find(&self, name: &str) -> Option<Arc<Member>> {
         self.members
             .read()

@@ -22,6 +22,19 @@ pub enum MemberState {
     Unknown,
 }
 
+impl MemberState {
+    /// The state as `/topology` and log lines spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Primary => "primary",
+            MemberState::Secondary => "secondary",
+            MemberState::Arbiter => "arbiter",
+            MemberState::Hidden => "hidden",
+            MemberState::Unknown => "unknown",
+        }
+    }
+}
+
 /// The facts of a hello reply, with addresses as the set names them
 /// (lower-cased, before any mapping).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
