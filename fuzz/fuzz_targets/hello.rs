@@ -1,6 +1,7 @@
 //! The replica-set address rewriter on arbitrary reply frames.
 //!
-//! The input's first byte chooses the reply kind and how the rest is used:
+//! The input's first byte chooses the reply kind and how the rest is used
+//! (seeds in fuzz/seeds/hello):
 //! as a whole frame (any opcode, compressed or not), or as a body document
 //! wrapped in a valid OP_MSG (so the fuzzer reaches the rewriter without
 //! first learning to frame). The map advertises `mongotap/<member>` for
@@ -38,7 +39,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&choice, rest)) = data.split_first() else {
         return;
     };
-    let kind = match choice % 3 {
+    // Bits 0-1: the reply kind; bit 2: wrap the rest as a body; bit 3:
+    // with a checksum.
+    let kind = match choice & 3 {
         0 => ReplyKind::Hello,
         1 => ReplyKind::ReplSetGetStatus,
         _ => ReplyKind::ReplSetGetConfig,
