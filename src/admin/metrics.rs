@@ -67,13 +67,16 @@ fn histogram_family(
             if o.count == 0 {
                 continue;
             }
-            let labels = [
+            let mut labels = vec![
                 ("command", &*k.command),
                 ("db", &*k.db),
                 ("collection", &*k.collection),
                 ("app", &*k.app),
                 ("outcome", outcome),
             ];
+            if let Some(member) = &k.member {
+                labels.push(("member", member));
+            }
             family
                 .encode_family(&labels)?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
@@ -148,7 +151,7 @@ fn member_up(enc: &mut DescriptorEncoder, s: &Observatory) -> Result<(), std::fm
         MetricType::Gauge,
     )?;
     for m in set.members() {
-        let labels = [("member", m.name.as_str())];
+        let labels = [("member", &*m.name)];
         let up = i64::from(m.up() == Some(true));
         ConstGauge::new(up).encode(family.encode_family(&labels)?)?;
     }

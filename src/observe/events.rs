@@ -28,7 +28,7 @@ macro_rules! identity_event {
         $level:ident, $event:literal,
         id: {
             conn: $conn:expr, request_id: $request_id:expr, client: $client:expr,
-            meta: $meta:expr, command: $command:expr, db: $db:expr,
+            member: $member:expr, meta: $meta:expr, command: $command:expr, db: $db:expr,
             collection: $collection:expr, stages: $stages:expr, comment: $comment:expr $(,)?
         },
         { $($extra:tt)* }, $($msg:tt)+
@@ -38,6 +38,7 @@ macro_rules! identity_event {
             conn = $conn,
             request_id = $request_id,
             client = $client.map(tracing::field::display),
+            member = $member,
             app = &*$meta.app,
             driver = %$meta.driver_label(),
             command = $command,
@@ -65,7 +66,7 @@ macro_rules! command_event {
             $level, $event,
             id: {
                 conn: p.conn, request_id: Some($request_id), client: Some(p.client),
-                meta: p.meta, command: &*p.summary.command, db: &*p.summary.db,
+                member: p.member.as_deref(), meta: p.meta, command: &*p.summary.command, db: &*p.summary.db,
                 collection: &*p.summary.collection, stages: &*p.summary.shape,
                 comment: p.comment.as_deref(),
             },
@@ -84,7 +85,7 @@ macro_rules! view_event {
             $level, $event,
             id: {
                 conn: conn.id.conn, request_id: Some($request_id), client: Some(conn.id.client),
-                meta: $meta, command: view.name, db: view.db.unwrap_or(""),
+                member: conn.id.member.as_ref().map(|m| &*m.name), meta: $meta, command: view.name, db: view.db.unwrap_or(""),
                 collection: view.collection().unwrap_or(""), stages: tracing::field::display($crate::observe::meta::Shape(view)),
                 comment: None::<&str>,
             },
@@ -276,7 +277,7 @@ pub fn cursor_leaked(id: i64, c: &CursorInfo, now: Instant, reason: &str) {
         warn, "cursor_leaked",
         id: {
             conn: c.conn, request_id: None::<i32>, client: None::<std::net::SocketAddr>,
-            meta: c.meta, command: &*c.summary.command, db: &*c.summary.db,
+            member: None::<&str>, meta: c.meta, command: &*c.summary.command, db: &*c.summary.db,
             collection: &*c.summary.collection, stages: &*c.summary.shape,
             comment: None::<&str>,
         },

@@ -139,6 +139,7 @@ impl RecentIds {
 
 impl ConnState {
     pub fn new(obs: Arc<Observatory>, id: ConnId) -> Self {
+        let member = id.member.as_ref().map(|m| m.name.clone());
         ConnState {
             cap: conn_capture::ConnCapture::new(
                 obs.capture.sample(id.conn),
@@ -148,7 +149,7 @@ impl ConnState {
             inflight: obs.tracker.register(id.conn),
             obs,
             id,
-            samples: Mutex::new(SampleBuffer::default()),
+            samples: Mutex::new(SampleBuffer::for_member(member)),
             slots: tokio::sync::Notify::new(),
             last_frame_ms: AtomicU64::new(0),
             opened: Instant::now(),

@@ -84,6 +84,7 @@ impl<'a> RequestObserver<'a> {
         let facts = RequestFacts {
             conn: self.conn.id.conn,
             client: self.conn.id.client,
+            member: self.conn.id.member.as_ref().map(|m| m.name.clone()),
             meta: self.meta.clone(),
             summary,
             comment,

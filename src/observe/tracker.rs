@@ -17,6 +17,8 @@ use std::time::Instant;
 pub struct RequestFacts {
     pub conn: u64,
     pub client: SocketAddr,
+    /// The replica-set member the connection goes to, in replica-set mode.
+    pub member: Option<Arc<str>>,
     pub meta: Arc<ClientMeta>,
     pub summary: Arc<CommandSummary>,
     /// The command's `comment`, rendered (only kept when it is a string or
@@ -133,6 +135,8 @@ pub struct InflightRow {
     pub awaiting: bool,
     pub stalled: bool,
     pub comment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// One connection's pending commands, keyed by requestID. Its session
@@ -259,6 +263,7 @@ impl Tracker {
                 awaiting: p.awaiting,
                 stalled: !p.awaiting && age_ms >= stall_ms,
                 comment: p.comment.as_deref().map(str::to_string),
+                member: p.member.as_deref().map(str::to_string),
             })
         });
         rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
@@ -274,6 +279,7 @@ impl RequestFacts {
         RequestFacts {
             conn: 1,
             client: "127.0.0.1:1".parse().expect("address"),
+            member: None,
             meta: Arc::new(crate::observe::meta::ClientMeta::default()),
             summary: Arc::new(CommandSummary {
                 command: command.into(),

@@ -3,6 +3,7 @@
 
 pub use mongotap_proto::hello::MemberState;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ fn state_from_u8(v: u8) -> MemberState {
 pub struct Member {
     /// The member's address as the set names it, lower-cased as SDAM
     /// compares them: the `member` label everywhere.
-    pub name: String,
+    pub name: Arc<str>,
     /// The address mongotap dials for this member's clients.
     pub upstream: String,
     /// Where mongotap listens for it (the bound address).
@@ -52,7 +53,7 @@ pub struct Member {
 impl Member {
     pub fn new(upstream: &str, listen: SocketAddr, advertise: &str, configured: bool) -> Self {
         Member {
-            name: upstream.to_ascii_lowercase(),
+            name: Arc::from(upstream.to_ascii_lowercase()),
             upstream: upstream.to_string(),
             listen,
             advertise: advertise.to_ascii_lowercase(),

@@ -145,7 +145,7 @@ impl ReplicaSet {
             .iter()
             .map(|m| {
                 serde_json::json!({
-                    "member": m.name,
+                    "member": &*m.name,
                     "upstream": m.upstream,
                     "listen": m.listen.to_string(),
                     "advertise": m.advertise,
@@ -171,12 +171,12 @@ impl ReplicaSet {
         let up: Vec<&str> = members
             .iter()
             .filter(|m| m.up() == Some(true))
-            .map(|m| m.name.as_str())
+            .map(|m| &*m.name)
             .collect();
         let primary = members
             .iter()
             .find(|m| m.up() == Some(true) && m.state() == MemberState::Primary)
-            .map(|m| m.name.as_str());
+            .map(|m| &*m.name);
         let ready = !up.is_empty();
         let body = serde_json::json!({
             "ready": ready,
@@ -198,7 +198,7 @@ impl ReplicaSet {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .find(|m| m.name == name)
+            .find(|m| &*m.name == name)
             .cloned()
     }
 

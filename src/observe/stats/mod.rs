@@ -38,6 +38,8 @@ pub struct SeriesKey {
     pub db: Arc<str>,
     pub collection: Arc<str>,
     pub app: Arc<str>,
+    /// The replica-set member, in replica-set mode.
+    pub member: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -184,7 +186,7 @@ impl Stats {
     }
 
     /// Merges a batch of samples under one lock, one series lookup per run.
-    fn merge(&self, runs: &[Run], values: &[u64]) {
+    fn merge(&self, runs: &[Run], values: &[u64], member: Option<&Arc<str>>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
         let mut folded = 0;
@@ -192,7 +194,7 @@ impl Stats {
         for run in runs {
             let (samples, next) = rest.split_at(run.len.min(rest.len()));
             rest = next;
-            let (key, was_folded) = self.command_key(&inner.commands, run);
+            let (key, was_folded) = self.command_key(&inner.commands, run, member);
             folded += u64::from(was_folded) * samples.len() as u64;
             let series = inner
                 .commands
@@ -225,7 +227,12 @@ impl Stats {
 
     /// The series a sample belongs to, or the `other` series when
     /// `max_series` is reached (then `true`).
-    fn command_key(&self, commands: &SeriesMap<SeriesKey>, s: &Run) -> (SeriesKey, bool) {
+    fn command_key(
+        &self,
+        commands: &SeriesMap<SeriesKey>,
+        s: &Run,
+        member: Option<&Arc<str>>,
+    ) -> (SeriesKey, bool) {
         let key = SeriesKey {
             command: s.summary.command.clone(),
             db: s.summary.db.clone(),
@@ -239,6 +246,7 @@ impl Stats {
             } else {
                 s.meta.app.clone()
             },
+            member: member.cloned(),
         };
         if commands.contains_key(&key) || commands.len() < self.max_series {
             return (key, false);
@@ -249,6 +257,7 @@ impl Stats {
             db: other.clone(),
             collection: other.clone(),
             app: other,
+            member: None,
         };
         (key, true)
     }
@@ -262,13 +271,20 @@ impl Stats {
     pub fn command_rows(&self) -> Vec<StatsRow> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         sorted(inner.commands.iter().map(|(k, s)| {
-            let labels = [
-                ("command", &k.command),
-                ("db", &k.db),
-                ("collection", &k.collection),
-                ("app", &k.app),
-            ];
-            row(labels, s)
+            let mut row = row(
+                [
+                    ("command", &k.command),
+                    ("db", &k.db),
+                    ("collection", &k.collection),
+                    ("app", &k.app),
+                ],
+                s,
+            );
+            if let Some(member) = &k.member {
+                row.labels
+                    .insert("member".into(), serde_json::Value::from(&**member));
+            }
+            row
         }))
     }
 
@@ -311,6 +327,9 @@ fn row(labels: [(&str, &Arc<str>); 4], s: &Series) -> StatsRow {
 
 /// A session's local sample buffer.
 pub struct SampleBuffer {
+    /// The replica-set member of the connection, in replica-set mode: a
+    /// label of every series this buffer records into.
+    member: Option<Arc<str>>,
     runs: Vec<Run>,
     /// Latencies in µs, with `ERROR_BIT` set for errors; `runs` says whose.
     values: Vec<u64>,
@@ -320,6 +339,7 @@ pub struct SampleBuffer {
 impl Default for SampleBuffer {
     fn default() -> Self {
         SampleBuffer {
+            member: None,
             runs: Vec::new(),
             values: Vec::with_capacity(FLUSH_SAMPLES),
             oldest: None,
@@ -363,11 +383,19 @@ impl SampleBuffer {
 
     pub fn flush(&mut self, stats: &Stats) {
         if !self.values.is_empty() {
-            stats.merge(&self.runs, &self.values);
+            stats.merge(&self.runs, &self.values, self.member.as_ref());
         }
         self.runs.clear();
         self.values.clear();
         self.oldest = None;
+    }
+
+    /// A buffer whose series carry a `member` label (replica-set mode).
+    pub fn for_member(member: Option<Arc<str>>) -> Self {
+        SampleBuffer {
+            member,
+            ..SampleBuffer::default()
+        }
     }
 
     pub fn is_empty(&self) -> bool {
