@@ -27,7 +27,7 @@ fn listed_members_are_bound_and_advertised_as_their_listen_address() {
     let (set, listeners, _rx) = ReplicaSet::bind(&config(None)).unwrap();
     assert_eq!(listeners.len(), 1);
     let m = &set.members()[0];
-    assert_eq!(m.name, "db-a.internal:27017");
+    assert_eq!(&*m.name, "db-a.internal:27017");
     assert_eq!(m.listen, listeners[0].1.local_addr().unwrap());
     assert_eq!(m.advertise, format!("127.0.0.1:{}", m.listen.port()));
     assert_eq!(set.advertise("db-a.internal:27017"), Some(m.advertise.clone()));
@@ -45,13 +45,13 @@ fn new_members_get_a_port_from_the_range_once_then_none_are_left() {
     assert!(port == first || port == first + 1, "{port} outside the range");
     assert_eq!(set.advertise("db-b:27017"), Some(b.clone()), "the same member keeps its port");
     let (member, listener) = rx.try_recv().unwrap();
-    assert_eq!(member.name, "db-b:27017");
+    assert_eq!(&*member.name, "db-b:27017");
     assert_eq!(listener.local_addr().unwrap().port(), port);
     assert!(!member.configured);
     // The range has two ports: one more member fits at most, then none.
     let _ = set.advertise("db-c:27017");
     assert_eq!(set.advertise("db-d:27017"), None);
-    assert!(set.members().iter().all(|m| m.name != "db-d:27017"));
+    assert!(set.members().iter().all(|m| &*m.name != "db-d:27017"));
 }
 
 #[test]
