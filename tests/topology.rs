@@ -337,7 +337,6 @@ async fn count_in_ferret(ferret: &Ferret, db: &str) -> i64 {
 /// `addresses[i]` is how the driver should name member i.
 async fn assert_failed_over(run: &Failover, addresses: &[String], ferret: &Ferret, db: &str) {
     let (ready, done) = (&run.ready, &run.done);
-    eprintln!("DEBUG {done} refused {}", run.refused);
     let want: BTreeSet<String> = addresses.iter().cloned().collect();
     let before = &ready["topology"];
     let after = &done["topology_after"];
