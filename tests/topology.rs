@@ -17,7 +17,7 @@
 //!   driver's topology lists exactly mongotap's listeners; no write error
 //!   escapes; the slowest write stays well under 5 s; FerretDB holds exactly
 //!   the acknowledged inserts; every connection the members accepted came
-//!   from the mongotap process.
+//!   from the mongotap process; /stats splits the inserts by member.
 //! - `topology_endpoint_follows_the_set`: /topology and
 //!   `mongotap_topology_member_up` against the set's own state, through a
 //!   step-down and a member shut down.
@@ -400,7 +400,7 @@ async fn scripted_set_fails_over_with_node_directly() {
 }
 
 /// A driver through one mongotap listener.
-async fn fails_over_through_mongotap(driver: Driver) -> (Proxied, Failover) {
+async fn fails_over_through_mongotap(driver: Driver) {
     let p = proxied(3).await;
     let db = unique_db(&format!("tap_{}", driver.name()));
     let run = fail_over(driver, &p.uri(), &db, &p.set).await;
@@ -418,7 +418,27 @@ async fn fails_over_through_mongotap(driver: Driver) -> (Proxied, Failover) {
         "connections that bypassed mongotap (pid {}): {strangers:?}",
         p.tap.pid()
     );
-    (p, run)
+
+    // /stats splits the inserts by member: the old and the new primary
+    // acknowledged them all between them, the third member none.
+    let app = format!("failover-{}", driver.name());
+    let inserted = run.done["inserted"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    let rows = loop {
+        let rows = successes_by_member(&p.tap, &app, "insert");
+        if rows.iter().map(|r| r.1).sum::<u64>() >= inserted
+            || tokio::time::Instant::now() > deadline
+        {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let of = |i: usize| -> u64 {
+        let member = p.set.host(i);
+        rows.iter().filter(|r| r.0 == member).map(|r| r.1).sum()
+    };
+    assert_eq!(of(0) + of(run.new_primary), inserted, "{rows:?}");
+    assert!(of(0) > 0 && of(run.new_primary) > 0, "{rows:?}");
 }
 
 /// /stats rows of `app` for `command`, as (member, count - errors).
@@ -440,26 +460,7 @@ fn successes_by_member(tap: &Mongotap, app: &str, command: &str) -> Vec<(String,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_fails_over_through_mongotap() {
-    let (p, run) = fails_over_through_mongotap(Driver::Python).await;
-    // /stats splits the inserts by member: the old and the new primary
-    // acknowledged them all between them, the third member none.
-    let inserted = run.done["inserted"].as_u64().unwrap();
-    let deadline = tokio::time::Instant::now() + T;
-    let rows = loop {
-        let rows = successes_by_member(&p.tap, "failover-python", "insert");
-        if rows.iter().map(|r| r.1).sum::<u64>() >= inserted
-            || tokio::time::Instant::now() > deadline
-        {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let of = |i: usize| -> u64 {
-        let member = p.set.host(i);
-        rows.iter().filter(|r| r.0 == member).map(|r| r.1).sum()
-    };
-    assert_eq!(of(0) + of(run.new_primary), inserted, "{rows:?}");
-    assert!(of(0) > 0 && of(run.new_primary) > 0, "{rows:?}");
+    fails_over_through_mongotap(Driver::Python).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
