@@ -26,6 +26,8 @@
 //!   isMaster, an unmapped host removed, `me` per listener, replSetGetStatus
 //!   and replSetGetConfig rewritten, and a mongos hello unchanged in direct
 //!   mode.
+//! - `events_and_inflight_name_the_member`: a command's `slow` event and an
+//!   awaiting hello's /inflight row carry the member their listener leads to.
 //! - `unlisted_members_get_listeners_from_member_ports`: discovery.
 
 // A test's helpers unwrap, expect and print on purpose: a panic there is a
@@ -124,10 +126,11 @@ impl Proxied {
 }
 
 /// `[health]` quick enough for tests, `[topology]` in replica-set mode with
-/// `extra` appended to the table, and one `[[topology.member]]` per pair.
-fn config(members: &[(SocketAddr, SocketAddr)], extra: &str) -> String {
+/// `extra` appended to the table, and one `[[topology.member]]` per pair;
+/// `tables` comes first (other tables, such as `[watch]`).
+fn config(tables: &str, members: &[(SocketAddr, SocketAddr)], extra: &str) -> String {
     let mut toml = format!(
-        "[health]\ninterval_ms = 200\n\n[topology]\nmode = \"replica-set\"\n{extra}\n"
+        "{tables}\n[health]\ninterval_ms = 200\n\n[topology]\nmode = \"replica-set\"\n{extra}\n"
     );
     for (upstream, listen) in members {
         toml.push_str(&format!(
@@ -141,17 +144,18 @@ fn config(members: &[(SocketAddr, SocketAddr)], extra: &str) -> String {
 
 /// A set of `n` members, every one listed in mongotap's config.
 async fn proxied(n: usize) -> Proxied {
-    proxied_with(n, |_| {}).await
+    proxied_with(n, |_| {}, "").await
 }
 
-/// `proxied`, with `prepare` run on the set before mongotap starts.
-async fn proxied_with(n: usize, prepare: impl FnOnce(&ReplSet)) -> Proxied {
+/// `proxied`, with `prepare` run on the set before mongotap starts and
+/// `tables` added to the config.
+async fn proxied_with(n: usize, prepare: impl FnOnce(&ReplSet), tables: &str) -> Proxied {
     let ferret = ferret();
     let set = ReplSet::start(ferret.addr(), n).await;
     prepare(&set);
     let listens: Vec<SocketAddr> = (0..n).map(|_| local(free_port())).collect();
     let pairs: Vec<_> = set.addrs().into_iter().zip(listens.clone()).collect();
-    let toml = config(&pairs, "");
+    let toml = config(tables, &pairs, "");
     let tap = tokio::task::block_in_place(|| {
         let mut tap = Mongotap::spawn_config(&toml, &[]);
         tap.wait_listening(&listens);
@@ -752,7 +756,7 @@ async fn legacy_is_master_is_answered_with_a_rewritten_op_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmapped_host_is_removed_with_an_event() {
     let stranger = "db-x.example.net:27017";
-    let p = proxied_with(3, |set| set.add_extra_host(stranger)).await;
+    let p = proxied_with(3, |set| set.add_extra_host(stranger), "").await;
     // The set does list it.
     let mut direct = RawClient::connect(p.set.addr(0)).await;
     let truth = direct.command(&rawdoc! { "hello": 1, "$db": "admin" }).await;
@@ -818,6 +822,62 @@ async fn repl_set_status_and_config_name_mongotap() {
     assert_eq!(hosts, advertised, "{config:?}");
 }
 
+/// In replica-set mode a command's event and its /inflight row name the
+/// member its listener leads to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_inflight_name_the_member() {
+    let p = proxied_with(3, |_| {}, "[watch]\nslow_ms = 0\n").await;
+    let db = unique_db("member_field");
+    let mut c = RawClient::connect(p.listens[1]).await;
+    let reply = c
+        .command(&rawdoc! { "find": "items", "filter": {}, "$db": db.clone() })
+        .await;
+    assert_eq!(reply.get_f64("ok").ok(), Some(1.0), "{reply:?}");
+    let want = db.clone();
+    let slow = p
+        .tap
+        .wait_for(T, move |v| {
+            v["event"] == "slow" && v["command"] == "find" && v["db"] == want.as_str()
+        })
+        .await
+        .unwrap_or_else(|| panic!("no slow event for the find (slow_ms 0)"));
+    assert_eq!(slow["member"], p.set.host(1), "{slow}");
+
+    // A monitor's awaitable hello waits in the member: /inflight?all=true
+    // lists it under that member.
+    let member = 2;
+    let mut m = RawClient::connect(p.listens[member]).await;
+    let first = m.command(&rawdoc! { "hello": 1, "$db": "admin" }).await;
+    let tv = first.get_document("topologyVersion").unwrap().to_owned();
+    let awaitable = rawdoc! {
+        "hello": 1,
+        "topologyVersion": tv,
+        "maxAwaitTimeMS": 5000_i64,
+        "$db": "admin",
+    };
+    m.send(&msg(next_id(), 0, 0, &awaitable)).await;
+    let mut rows = Value::Null;
+    let listed = eventually(T, || {
+        let (code, body) = p.tap.admin_get("/inflight?all=true");
+        assert_eq!(code, 200, "{body}");
+        rows = serde_json::from_str(&body).expect("inflight json");
+        rows.as_array()
+            .is_some_and(|r| r.iter().any(|r| r["command"] == "hello"))
+    })
+    .await;
+    assert!(listed, "the awaiting hello is not in /inflight?all=true: {rows}");
+    let hello: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["command"] == "hello")
+        .collect();
+    assert!(
+        hello.iter().all(|r| r["member"] == p.set.host(member)),
+        "{hello:?}"
+    );
+}
+
 /// A mongos answers hello with `msg: "isdbgrid"` and no hosts; in direct
 /// mode mongotap passes it byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -862,6 +922,7 @@ async fn unlisted_members_get_listeners_from_member_ports() {
     let (first, last) = free_port_range(4);
     let seed = local(free_port());
     let toml = config(
+        "",
         &[(set.addr(0), seed)],
         &format!("member_ports = \"{first}-{last}\"\n"),
     );
