@@ -387,7 +387,13 @@ async fn fails_over_directly(driver: Driver) {
         "connections not from the driver (pid {}): {strangers:?}",
         run.pid
     );
-    assert!(set.accepted().len() >= 3, "{:?}", set.accepted());
+    // And the check tells processes apart: none of them came from this one.
+    let accepted = set.accepted();
+    assert!(accepted.len() >= 3, "{accepted:?}");
+    assert_eq!(
+        set.connections_not_from(std::process::id()).len(),
+        accepted.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
