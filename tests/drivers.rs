@@ -46,7 +46,7 @@ use mongotap_proto::op_compressed::{self, Compressor};
 use mongotap_proto::{op_msg, op_reply, Header, OpCode};
 use scripted::{msg, next_id, recording, RawClient, Received, Scripted, Step};
 use serde_json::{json, Value};
-use support::{signal, unique_db, Ferret, Mongotap};
+use support::{client_path, signal, unique_db, Ferret, Mongotap};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// One client program run longer than this is a hang, not a slow machine.
@@ -116,28 +116,6 @@ impl Driver {
             Driver::Rust => unreachable!("the Rust workload runs in-process"),
         }
     }
-}
-
-/// `$var` if set, else `fallback` inside the tool cache scripts/clients.sh
-/// builds into, else a panic saying how to get it built.
-fn client_path(var: &str, fallback: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(var) {
-        return path.into();
-    }
-    let cache = std::env::var_os("MONGOTAP_CACHE").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            Path::new(&home).join(".cache/mongotap")
-        },
-        PathBuf::from,
-    );
-    let path = cache.join(fallback);
-    assert!(
-        path.exists(),
-        "{} not found: set {var} or run scripts/test, which builds it (scripts/clients.sh)",
-        path.display()
-    );
-    path
 }
 
 /// Runs one client program with `mode URI ARG APP` and returns the JSON its

@@ -76,6 +76,22 @@ pub fn repo_file(relative: &str) -> PathBuf {
     root.join(relative)
 }
 
+/// A driver-matrix client program built by scripts/clients.sh: `$var` if
+/// set, else `fallback` inside the tool cache, else a panic saying how to
+/// get it built.
+pub fn client_path(var: &str, fallback: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        return path.into();
+    }
+    let path = cache_dir().join(fallback);
+    assert!(
+        path.exists(),
+        "{} not found: set {var} or run scripts/test, which builds it (scripts/clients.sh)",
+        path.display()
+    );
+    path
+}
+
 pub fn python_path() -> PathBuf {
     tool_path("MONGOTAP_PYTHON", "venv/bin/python", "the pymongo venv")
 }
@@ -276,6 +292,8 @@ pub struct Mongotap {
     /// The admin HTTP address, from the same line.
     pub admin: Option<SocketAddr>,
     logs: Arc<LogLines>,
+    /// Holds the config file of `spawn_config`; removed on drop.
+    config_dir: Option<tempfile::TempDir>,
 }
 
 impl Mongotap {
@@ -305,6 +323,12 @@ impl Mongotap {
     /// Runs the binary with exactly `args` and waits for its `listening` line.
     /// `args` must select JSON logs, or the line cannot be parsed.
     pub fn spawn(args: &[&str]) -> Mongotap {
+        Mongotap::spawn_inner(args, true)
+    }
+
+    /// `spawn`; without `require_listen`, a `listening` line with no
+    /// `listen` address leaves `listen` unspecified (0.0.0.0:0).
+    fn spawn_inner(args: &[&str], require_listen: bool) -> Mongotap {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mongotap"))
             .args(args)
             .stdin(Stdio::null())
@@ -331,12 +355,52 @@ impl Mongotap {
         };
         let addr = |field: &str| -> Option<SocketAddr> { listening[field].as_str()?.parse().ok() };
         let listen = addr("listen")
+            .or_else(|| (!require_listen).then(|| SocketAddr::from(([0, 0, 0, 0], 0))))
             .unwrap_or_else(|| panic!("`listening` line has no listen address: {listening}"));
         Mongotap {
             child,
             listen,
             admin: addr("admin"),
             logs,
+            config_dir: None,
+        }
+    }
+
+    /// `mongotap proxy --config FILE` with `toml` as the file, the admin
+    /// endpoint on port 0 and JSON logs, plus `extra` flags. For configs
+    /// that name their own listeners (replica-set mode takes no
+    /// `--listen`/`--upstream`): `listen` is the first `listening` line's
+    /// address, and `wait_listening` waits for the others.
+    pub fn spawn_config(toml: &str, extra: &[&str]) -> Mongotap {
+        let dir = tempfile::Builder::new()
+            .prefix("mongotap-config-")
+            .tempdir()
+            .expect("create config temp dir");
+        let path = dir.path().join("mongotap.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let path = path.to_string_lossy().into_owned();
+        let mut args = vec![
+            "proxy",
+            "--config",
+            &path,
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let mut tap = Mongotap::spawn_inner(&args, false);
+        tap.config_dir = Some(dir);
+        tap
+    }
+
+    /// Waits until mongotap itself accepts on every address in `addrs` (its
+    /// listeners may come up one after the other).
+    pub fn wait_listening(&mut self, addrs: &[SocketAddr]) {
+        for addr in addrs {
+            if let Err(e) = wait_accepting(*addr, &mut self.child) {
+                panic!("mongotap listener {addr}: {e}\n{}", dump(&self.logs));
+            }
         }
     }
 

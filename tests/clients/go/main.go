@@ -17,6 +17,15 @@
 //	    ({"event":"started"|"succeeded"|"failed","command","request_id"}),
 //	    prints {"event":"ready"} once its data is in, waits for a line on
 //	    stdin, then runs one aggregate and prints its result.
+//	mongotap-go-client failover URI DB APP
+//	    Replica-set failover (tests/topology.rs; the same steps as
+//	    tests/clients/python/failover.py): prints {"event":"ready",
+//	    "topology":T} once the driver knows every server and a primary,
+//	    inserts {_id: i} one at a time with retryable writes until a line on
+//	    stdin, then prints {"event":"done","inserted","errors","max_write_ms",
+//	    "topology_before","topology_after","primaries","count"}. T is the
+//	    driver's own topology description: {"servers": sorted addresses,
+//	    "primary": address or null, "types": {address: server kind}}.
 //
 // Anything that goes wrong ends the program with a non-zero status and one
 // line on stderr.
@@ -29,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -329,9 +339,111 @@ func monitor(uri, dbName, app string) {
 	check(client.Disconnect(ctx), "disconnect")
 }
 
+// topologyView is the driver's latest topology description.
+type topologyView struct {
+	mu   sync.Mutex
+	desc event.TopologyDescription
+}
+
+func (t *topologyView) snapshot() map[string]any {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	servers := []string{}
+	types := map[string]string{}
+	var primary any
+	for _, s := range t.desc.Servers {
+		addr := s.Addr.String()
+		servers = append(servers, addr)
+		types[addr] = s.Kind
+		if s.Kind == "RSPrimary" {
+			primary = addr
+		}
+	}
+	sort.Strings(servers)
+	return map[string]any{"servers": servers, "primary": primary, "types": types}
+}
+
+// complete reports whether every server's kind is known and one is primary.
+func complete(view map[string]any) bool {
+	if view["primary"] == nil {
+		return false
+	}
+	for _, kind := range view["types"].(map[string]string) {
+		if kind == "Unknown" {
+			return false
+		}
+	}
+	return true
+}
+
+// failover writes through a step-down the test makes meanwhile.
+func failover(uri, dbName, app string) {
+	ctx := context.Background()
+	view := &topologyView{}
+	opts := options.Client().ApplyURI(uri).SetAppName(app).
+		SetServerSelectionTimeout(10 * time.Second).
+		SetServerMonitor(&event.ServerMonitor{
+			TopologyDescriptionChanged: func(e *event.TopologyDescriptionChangedEvent) {
+				view.mu.Lock()
+				view.desc = e.NewDescription
+				view.mu.Unlock()
+			},
+		})
+	client, err := mongo.Connect(opts)
+	check(err, "connect")
+	deadline := time.Now().Add(10 * time.Second)
+	before := view.snapshot()
+	for !complete(before) {
+		if time.Now().After(deadline) {
+			fail("no complete topology within 10 s: %v", before)
+		}
+		time.Sleep(20 * time.Millisecond)
+		before = view.snapshot()
+	}
+	printJSON(map[string]any{"event": "ready", "topology": before})
+
+	stop := make(chan struct{})
+	go func() {
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+		close(stop)
+	}()
+	coll := client.Database(dbName).Collection("items")
+	inserted, errs, maxMS := 0, []string{}, 0.0
+	primaries := []any{before["primary"]}
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+		default:
+			started := time.Now()
+			if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: i}}); err != nil {
+				errs = append(errs, err.Error())
+			} else {
+				inserted++
+			}
+			if ms := float64(time.Since(started).Microseconds()) / 1000; ms > maxMS {
+				maxMS = ms
+			}
+			if p := view.snapshot()["primary"]; p != nil && p != primaries[len(primaries)-1] {
+				primaries = append(primaries, p)
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		break
+	}
+	after := view.snapshot()
+	count, err := coll.CountDocuments(ctx, bson.D{})
+	check(err, "count")
+	check(client.Disconnect(ctx), "disconnect")
+	printJSON(map[string]any{
+		"event": "done", "inserted": inserted, "errors": errs, "max_write_ms": maxMS,
+		"topology_before": before, "topology_after": after, "primaries": primaries, "count": count,
+	})
+}
+
 func main() {
 	if len(os.Args) != 5 {
-		fail("usage: %s workload|compress|monitor URI DB-or-COMPRESSOR APP", os.Args[0])
+		fail("usage: %s workload|compress|monitor|failover URI DB-or-COMPRESSOR APP", os.Args[0])
 	}
 	mode, uri, arg, app := os.Args[1], os.Args[2], os.Args[3], os.Args[4]
 	switch mode {
@@ -341,6 +453,8 @@ func main() {
 		compress(uri, arg, app)
 	case "monitor":
 		monitor(uri, arg, app)
+	case "failover":
+		failover(uri, arg, app)
 	default:
 		fail("unknown mode %q", mode)
 	}

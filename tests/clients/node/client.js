@@ -11,6 +11,15 @@
 //   node client.js compress URI COMPRESSOR APP
 //       Negotiates COMPRESSOR (snappy, zlib or zstd), then ping, insertMany of
 //       two documents, find.
+//   node client.js failover URI DB APP
+//       Replica-set failover (tests/topology.rs; the same steps as
+//       tests/clients/python/failover.py): prints {event: 'ready', topology}
+//       once the driver knows every server and a primary, inserts {_id: i}
+//       one at a time with retryable writes until a line on stdin, then
+//       prints {event: 'done', inserted, errors, max_write_ms,
+//       topology_before, topology_after, primaries, count}. A topology is the
+//       driver's own description: {servers: sorted addresses, primary:
+//       address or null, types: {address: server type}}.
 //
 // The Go, Python, Java and Rust clients run the same steps with the same
 // constants and must print the same results.
@@ -139,15 +148,85 @@ async function compress(uri, compressor, app) {
   return { compressor, ping: true, inserted: 2, found };
 }
 
+/** The driver's topology description as {servers, primary, types}. */
+function view(description) {
+  const types = {};
+  let primary = null;
+  for (const [address, server] of description ? description.servers : []) {
+    types[address] = server.type;
+    if (server.type === 'RSPrimary') primary = address;
+  }
+  return { servers: Object.keys(types).sort(), primary, types };
+}
+
+async function failover(uri, dbName, app) {
+  const client = connect(uri, app);
+  let latest = null;
+  client.on('topologyDescriptionChanged', (e) => {
+    latest = e.newDescription;
+  });
+  await client.connect();
+  const complete = (v) => v.primary !== null && Object.values(v.types).every((t) => t !== 'Unknown');
+  const before = await (async () => {
+    for (const deadline = Date.now() + 10000; Date.now() < deadline; await sleep(20)) {
+      const v = view(latest);
+      if (complete(v)) return v;
+    }
+    throw new Error(`no complete topology within 10 s: ${JSON.stringify(view(latest))}`);
+  })();
+  process.stdout.write(`${JSON.stringify({ event: 'ready', topology: before })}\n`);
+
+  let stop = false;
+  process.stdin.once('data', () => {
+    stop = true;
+  });
+  process.stdin.once('end', () => {
+    stop = true;
+  });
+  const coll = client.db(dbName).collection('items');
+  let inserted = 0;
+  let maxMs = 0;
+  const errors = [];
+  const primaries = [before.primary];
+  for (let i = 0; !stop; i++) {
+    const started = process.hrtime.bigint();
+    try {
+      await coll.insertOne({ _id: i });
+      inserted++;
+    } catch (err) {
+      errors.push(String(err));
+    }
+    maxMs = Math.max(maxMs, Number(process.hrtime.bigint() - started) / 1e6);
+    const primary = view(latest).primary;
+    if (primary && primary !== primaries[primaries.length - 1]) primaries.push(primary);
+    await sleep(10);
+  }
+  process.stdin.pause();
+  const after = view(latest);
+  const count = await coll.countDocuments({});
+  await client.close();
+  return {
+    event: 'done',
+    inserted,
+    errors,
+    max_write_ms: maxMs,
+    topology_before: before,
+    topology_after: after,
+    primaries,
+    count,
+  };
+}
+
 async function main() {
   const args = process.argv.slice(2);
   if (args.length !== 4) {
-    throw new Error('usage: client.js workload|compress URI DB-or-COMPRESSOR APP');
+    throw new Error('usage: client.js workload|compress|failover URI DB-or-COMPRESSOR APP');
   }
   const [mode, uri, arg, app] = args;
   let out;
   if (mode === 'workload') out = await workload(uri, arg, app);
   else if (mode === 'compress') out = await compress(uri, arg, app);
+  else if (mode === 'failover') out = await failover(uri, arg, app);
   else throw new Error(`unknown mode ${mode}`);
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
