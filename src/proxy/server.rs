@@ -9,7 +9,7 @@ use crate::proxy::session::{self, Shutdown};
 use crate::settings::tls::Tls;
 use crate::settings::Reloadable;
 use crate::shared::Shared;
-use crate::topology::{Member, ReplicaSet};
+use crate::topology::{Bound, Member, ReplicaSet};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,7 +45,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // Direct mode: one listener for proxy.upstream. Replica-set mode: one
     // per member, and more as members are discovered.
     let (listeners, discovered, replica_set) = if config.topology.is_replica_set() {
-        let (set, bound, discovered) = ReplicaSet::bind(&config.topology)?;
+        let Bound {
+            set,
+            listeners: bound,
+            discovered,
+        } = ReplicaSet::bind(&config.topology)?;
         let mut listeners = Vec::new();
         for (member, l) in bound {
             listeners.push((Some(member), TcpListener::from_std(l)?));

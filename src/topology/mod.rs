@@ -41,6 +41,15 @@ pub type NewListener = (Arc<Member>, TcpListener);
 /// one.
 const UNMAPPED_REMEMBERED: usize = 256;
 
+/// What `ReplicaSet::bind` gives the proxy.
+pub struct Bound {
+    pub set: Arc<ReplicaSet>,
+    /// The listed members' listeners.
+    pub listeners: Vec<NewListener>,
+    /// Listeners for members discovered later.
+    pub discovered: mpsc::UnboundedReceiver<NewListener>,
+}
+
 pub struct ReplicaSet {
     members: RwLock<Vec<Arc<Member>>>,
     /// `setName` from the last hello that had one.
@@ -65,12 +74,8 @@ struct PortPool {
 }
 
 impl ReplicaSet {
-    /// Binds every listed member's listener. The receiver yields listeners
-    /// for members discovered later.
-    pub fn bind(
-        config: &TopologyConfig,
-    ) -> Result<(Arc<ReplicaSet>, Vec<NewListener>, mpsc::UnboundedReceiver<NewListener>), TopologyError>
-    {
+    /// Binds every listed member's listener.
+    pub fn bind(config: &TopologyConfig) -> Result<Bound, TopologyError> {
         let epoch = Instant::now();
         let mut members = Vec::new();
         let mut listeners = Vec::new();
@@ -115,7 +120,11 @@ impl ReplicaSet {
             unmapped_warned: Mutex::new(HashSet::new()),
             epoch,
         };
-        Ok((Arc::new(set), listeners, rx))
+        Ok(Bound {
+            set: Arc::new(set),
+            listeners,
+            discovered: rx,
+        })
     }
 
     pub fn members(&self) -> Vec<Arc<Member>> {

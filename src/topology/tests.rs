@@ -24,7 +24,7 @@ fn free_range() -> String {
 
 #[test]
 fn listed_members_are_bound_and_advertised_as_their_listen_address() {
-    let (set, listeners, _rx) = ReplicaSet::bind(&config(None)).unwrap();
+    let Bound { set, listeners, .. } = ReplicaSet::bind(&config(None)).unwrap();
     assert_eq!(listeners.len(), 1);
     let m = &set.members()[0];
     assert_eq!(&*m.name, "db-a.internal:27017");
@@ -38,7 +38,7 @@ fn listed_members_are_bound_and_advertised_as_their_listen_address() {
 fn new_members_get_a_port_from_the_range_once_then_none_are_left() {
     let range = free_range();
     let first: u16 = range.split('-').next().unwrap().parse().unwrap();
-    let (set, _listeners, mut rx) = ReplicaSet::bind(&config(Some(range))).unwrap();
+    let Bound { set, discovered: mut rx, .. } = ReplicaSet::bind(&config(Some(range))).unwrap();
     let b = set.advertise("db-b:27017").unwrap();
     assert!(b.starts_with("proxy.internal:"), "{b}");
     let port: u16 = b.rsplit_once(':').unwrap().1.parse().unwrap();
@@ -56,14 +56,14 @@ fn new_members_get_a_port_from_the_range_once_then_none_are_left() {
 
 #[test]
 fn without_a_range_unknown_members_are_unmapped() {
-    let (set, _l, _rx) = ReplicaSet::bind(&config(None)).unwrap();
+    let Bound { set, .. } = ReplicaSet::bind(&config(None)).unwrap();
     assert_eq!(set.advertise("db-b:27017"), None);
     assert_eq!(set.members().len(), 1);
 }
 
 #[test]
 fn state_and_hello_age_follow_what_was_seen() {
-    let (set, _l, _rx) = ReplicaSet::bind(&config(None)).unwrap();
+    let Bound { set, .. } = ReplicaSet::bind(&config(None)).unwrap();
     let m = &set.members()[0];
     let now = set.epoch + std::time::Duration::from_millis(1500);
     assert_eq!(m.last_hello_age_ms(set.epoch, now), None);
