@@ -368,8 +368,16 @@ async fn assert_failed_over(run: &Failover, addresses: &[String], ferret: &Ferre
     );
     let inserted = done["inserted"].as_i64().expect("inserted");
     assert!(inserted > 10, "too few writes to span the failover: {done}");
-    assert_eq!(done["count"].as_i64(), Some(inserted), "driver's count: {done}");
-    assert_eq!(count_in_ferret(ferret, db).await, inserted, "FerretDB's count");
+    assert_eq!(
+        done["count"].as_i64(),
+        Some(inserted),
+        "driver's count: {done}"
+    );
+    assert_eq!(
+        count_in_ferret(ferret, db).await,
+        inserted,
+        "FerretDB's count"
+    );
 }
 
 /// The fixture on its own: the driver connects to the members directly.
@@ -557,7 +565,11 @@ async fn topology_endpoint_follows_the_set() {
     let want = states_of(&p.set);
     let shown = eventually(T, || states_in(&topology(&p.tap), &p.set) == want).await;
     let t = topology(&p.tap);
-    assert!(shown, "states {:?}, want {want:?}: {t}", states_in(&t, &p.set));
+    assert!(
+        shown,
+        "states {:?}, want {want:?}: {t}",
+        states_in(&t, &p.set)
+    );
     assert_eq!(t["mode"], "replica-set", "{t}");
     assert_eq!(t["set_name"], SET_NAME, "{t}");
     assert_eq!(t["members"].as_array().unwrap().len(), 3, "{t}");
@@ -590,7 +602,11 @@ async fn topology_endpoint_follows_the_set() {
     })
     .await;
     let t = topology(&p.tap);
-    assert!(shown, "after the step-down {:?}: {t}", states_in(&t, &p.set));
+    assert!(
+        shown,
+        "after the step-down {:?}: {t}",
+        states_in(&t, &p.set)
+    );
 
     // A member that goes away is down in both views; the others stay up.
     p.set.shutdown(2);
@@ -641,7 +657,11 @@ fn op_msg_body(frame: &[u8]) -> (Header, u32, RawDocumentBuf) {
 fn assert_rewritten(p: &Proxied, member: usize, listen: SocketAddr, reply: &RawDocument) {
     let advertised: Vec<String> = p.listens.iter().map(|a| host(*a)).collect();
     assert_eq!(strings(reply, "hosts"), advertised, "{reply:?}");
-    assert_eq!(reply.get_str("me").ok(), Some(host(listen).as_str()), "{reply:?}");
+    assert_eq!(
+        reply.get_str("me").ok(),
+        Some(host(listen).as_str()),
+        "{reply:?}"
+    );
     let primary = p.set.primary().expect("a primary");
     assert_eq!(
         reply.get_str("primary").ok(),
@@ -649,9 +669,18 @@ fn assert_rewritten(p: &Proxied, member: usize, listen: SocketAddr, reply: &RawD
         "{reply:?}"
     );
     assert_eq!(reply.get_str("setName").ok(), Some(SET_NAME), "{reply:?}");
-    let tv = reply.get_document("topologyVersion").expect("topologyVersion");
-    assert_eq!(tv.get_object_id("processId").ok(), Some(p.set.process_id(member)));
-    assert_eq!(tv.get_i64("counter").ok(), Some(p.set.counter()), "{reply:?}");
+    let tv = reply
+        .get_document("topologyVersion")
+        .expect("topologyVersion");
+    assert_eq!(
+        tv.get_object_id("processId").ok(),
+        Some(p.set.process_id(member))
+    );
+    assert_eq!(
+        tv.get_i64("counter").ok(),
+        Some(p.set.counter()),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,9 +723,15 @@ async fn exhaust_hello_stream_is_rewritten_reply_by_reply() {
     let new_primary = p.set.step_down();
     assert_eq!(new_primary, member);
     let frame = c.recv(T).await.expect("reply after the election");
-    assert!(started.elapsed() < Duration::from_millis(wait_ms / 2), "not woken");
+    assert!(
+        started.elapsed() < Duration::from_millis(wait_ms / 2),
+        "not woken"
+    );
     let (h2, flags, reply) = op_msg_body(&frame);
-    assert_eq!(h2.response_to, h1.request_id, "chained to the previous reply");
+    assert_eq!(
+        h2.response_to, h1.request_id,
+        "chained to the previous reply"
+    );
     assert_ne!(flags & op_msg::MORE_TO_COME, 0);
     assert_rewritten(&p, member, listen, &reply);
     assert!(p.set.counter() > counter);
@@ -725,17 +760,29 @@ async fn compressed_hello_is_rewritten_and_recompressed() {
         let mut c = RawClient::connect(listen).await;
         let offer = rawdoc! { "hello": 1, "compression": [compressor.name()], "$db": "admin" };
         let first = c.command(&offer).await;
-        assert_eq!(strings(&first, "compression"), [compressor.name()], "{first:?}");
+        assert_eq!(
+            strings(&first, "compression"),
+            [compressor.name()],
+            "{first:?}"
+        );
         assert_rewritten(&p, member, listen, &first);
 
         let plain = msg(next_id(), 0, 0, &rawdoc! { "hello": 1, "$db": "admin" });
         c.send(&op_compressed::compress(&plain, compressor).unwrap())
             .await;
         let (raw, inner, used) = c.recv_decompressed(T).await.expect("reply");
-        assert_eq!(used, Some(compressor), "reply not compressed with {compressor:?}");
+        assert_eq!(
+            used,
+            Some(compressor),
+            "reply not compressed with {compressor:?}"
+        );
         let c_header = op_compressed::parse(&raw, MAX_MESSAGE_LEN).unwrap();
         assert_eq!(c_header.original_opcode, OpCode::Msg);
-        assert_eq!(c_header.uncompressed_size + 16, inner.len(), "uncompressedSize");
+        assert_eq!(
+            c_header.uncompressed_size + 16,
+            inner.len(),
+            "uncompressedSize"
+        );
         let (_, _, reply) = op_msg_body(&inner);
         assert_rewritten(&p, member, listen, &reply);
     }
@@ -748,8 +795,12 @@ async fn legacy_is_master_is_answered_with_a_rewritten_op_reply() {
     let listen = p.listens[member];
     let mut c = RawClient::connect(listen).await;
     let request_id = next_id();
-    c.send(&legacy_query(request_id, "admin", &rawdoc! { "isMaster": 1 }))
-        .await;
+    c.send(&legacy_query(
+        request_id,
+        "admin",
+        &rawdoc! { "isMaster": 1 },
+    ))
+    .await;
     let frame = c.recv(T).await.expect("OP_REPLY");
     let header = Header::parse(&frame).unwrap();
     assert_eq!(header.op_code, OpCode::Reply);
@@ -767,7 +818,9 @@ async fn unmapped_host_is_removed_with_an_event() {
     let p = proxied_with(3, |set| set.add_extra_host(stranger), "").await;
     // The set does list it.
     let mut direct = RawClient::connect(p.set.addr(0)).await;
-    let truth = direct.command(&rawdoc! { "hello": 1, "$db": "admin" }).await;
+    let truth = direct
+        .command(&rawdoc! { "hello": 1, "$db": "admin" })
+        .await;
     assert!(strings(&truth, "hosts").contains(&stranger.to_owned()));
 
     let mut c = RawClient::connect(p.listens[0]).await;
@@ -873,7 +926,10 @@ async fn events_and_inflight_name_the_member() {
             .is_some_and(|r| r.iter().any(|r| r["command"] == "hello"))
     })
     .await;
-    assert!(listed, "the awaiting hello is not in /inflight?all=true: {rows}");
+    assert!(
+        listed,
+        "the awaiting hello is not in /inflight?all=true: {rows}"
+    );
     let hello: Vec<&Value> = rows
         .as_array()
         .unwrap()
@@ -912,10 +968,20 @@ async fn mongos_hello_passes_unchanged_in_direct_mode() {
     let tap = tokio::task::block_in_place(|| Mongotap::start(upstream.addr));
     let mut c = RawClient::connect(tap.listen).await;
     for _ in 0..2 {
-        c.send(&msg(next_id(), 0, 0, &rawdoc! { "hello": 1, "$db": "admin" }))
-            .await;
+        c.send(&msg(
+            next_id(),
+            0,
+            0,
+            &rawdoc! { "hello": 1, "$db": "admin" },
+        ))
+        .await;
         let got = c.recv(T).await.expect("reply");
-        let upstream_sent = sent.lock().unwrap().last().cloned().expect("upstream replied");
+        let upstream_sent = sent
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream replied");
         assert_eq!(got, upstream_sent, "the mongos hello changed on the way");
     }
 }
@@ -955,7 +1021,10 @@ async fn unlisted_members_get_listeners_from_member_ports() {
         let events: Vec<&Value> = added.iter().filter(|e| e["member"] == member).collect();
         assert_eq!(events.len(), 1, "{member}: {added:#?}");
         let listen: SocketAddr = events[0]["listen"].as_str().unwrap().parse().unwrap();
-        assert!((first..=last).contains(&listen.port()), "{listen} outside the range");
+        assert!(
+            (first..=last).contains(&listen.port()),
+            "{listen} outside the range"
+        );
         assert_eq!(events[0]["advertise"], host(listen));
         listens.push(listen);
     }

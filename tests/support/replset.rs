@@ -69,7 +69,13 @@ const WRITES: &[&str] = &[
 
 /// The writes a driver retries (retryable writes spec), which get the
 /// RetryableWriteError label when they carry a txnNumber.
-const RETRYABLE_WRITES: &[&str] = &["insert", "update", "delete", "findAndModify", "findandmodify"];
+const RETRYABLE_WRITES: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "findAndModify",
+    "findandmodify",
+];
 
 /// One connection a member accepted.
 #[derive(Debug, Clone)]
@@ -137,11 +143,7 @@ impl ReplSet {
     pub async fn start(upstream: SocketAddr, n: usize) -> ReplSet {
         let mut listeners = Vec::new();
         for _ in 0..n {
-            listeners.push(
-                TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind member"),
-            );
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind member"));
         }
         let addrs: Vec<SocketAddr> = listeners
             .iter()
@@ -197,7 +199,10 @@ impl ReplSet {
 
     /// A `mongodb://` URI that connects straight to the set, no proxy.
     pub fn uri(&self) -> String {
-        format!("mongodb://{}/?replicaSet={SET_NAME}", self.hosts().join(","))
+        format!(
+            "mongodb://{}/?replicaSet={SET_NAME}",
+            self.hosts().join(",")
+        )
     }
 
     pub fn primary(&self) -> Option<usize> {
@@ -379,9 +384,9 @@ pub fn socket_owner(local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
             continue;
         };
-        let owns = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == target)
-        });
+        let owns = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == target));
         if owns {
             return Some(pid);
         }
@@ -650,7 +655,8 @@ impl Conn {
                 .max(0) as u64,
         );
         let exhaust = req.flags & op_msg::EXHAUST_ALLOWED != 0;
-        let same_process = tv.get_object_id("processId").ok() == Some(self.shared.process_ids[self.me]);
+        let same_process =
+            tv.get_object_id("processId").ok() == Some(self.shared.process_ids[self.me]);
         let counter = tv.get_i64("counter").unwrap_or(-1);
         let a = Awaiting {
             response_to: req.header.request_id,
@@ -709,7 +715,11 @@ impl Conn {
         d.insert("setName", SET_NAME);
         d.insert("setVersion", 1);
         d.insert(
-            if legacy_names { "ismaster" } else { "isWritablePrimary" },
+            if legacy_names {
+                "ismaster"
+            } else {
+                "isWritablePrimary"
+            },
             primary,
         );
         d.insert("secondary", !primary);
@@ -751,7 +761,10 @@ impl Conn {
             "codeName": "NotWritablePrimary",
         };
         if retryable {
-            d.insert("errorLabels", vec![Bson::String("RetryableWriteError".into())]);
+            d.insert(
+                "errorLabels",
+                vec![Bson::String("RetryableWriteError".into())],
+            );
         }
         RawDocumentBuf::try_from(&d).expect("error reply encodes")
     }
