@@ -111,7 +111,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 admin = %admin_addr,
                 member = %m.name,
                 advertise = %m.advertise,
-                "listening for replica-set member {}, advertised as {}", m.name, m.advertise
+                // The same message as direct mode's: scripts wait for it.
+                "listening"
             ),
         }
     }

@@ -397,9 +397,19 @@ impl Mongotap {
     /// Waits until mongotap itself accepts on every address in `addrs` (its
     /// listeners may come up one after the other).
     pub fn wait_listening(&mut self, addrs: &[SocketAddr]) {
+        // From the log, not by connecting: a test connection would make
+        // mongotap dial the member behind that listener, and a replica-set
+        // test counts who connected to the members. mongotap logs a
+        // listener once it is bound (`listening`, `topology_member_added`),
+        // and a bound listener queues connections until they are accepted.
         for addr in addrs {
-            if let Err(e) = wait_accepting(*addr, &mut self.child) {
-                panic!("mongotap listener {addr}: {e}\n{}", dump(&self.logs));
+            let want = addr.to_string();
+            let found = wait_line(&self.logs, START_TIMEOUT, |v| {
+                v["listen"] == want.as_str()
+                    && (v["message"] == "listening" || v["event"] == "topology_member_added")
+            });
+            if found.is_none() {
+                panic!("mongotap never logged a listener on {addr}\n{}", dump(&self.logs));
             }
         }
     }
