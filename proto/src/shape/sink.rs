@@ -1,0 +1,178 @@
+//! Where the walker's tokens go. A token is one of six BSON-shaped events,
+//! so the document sink can build exactly what the hash sink hashes: the
+//! two cannot disagree, whatever the walker emits.
+
+use super::ShapeHash;
+use bson::raw::{CStr, RawArrayBuf, RawBsonRef, RawDocumentBuf};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Receives a shape as a stream of elements. Keys of elements inside an
+/// array are ignored (an array's keys are its positions), by both sinks.
+pub(crate) trait Sink<'a> {
+    fn open_document(&mut self, key: &'a CStr);
+    fn open_array(&mut self, key: &'a CStr);
+    /// Ends the innermost open document or array.
+    fn close(&mut self);
+    fn string(&mut self, key: &'a CStr, value: &'a str);
+    fn int(&mut self, key: &'a CStr, value: i32);
+    fn boolean(&mut self, key: &'a CStr, value: bool);
+}
+
+// Token tags: each token starts with one, so no token stream is a prefix
+// or re-reading of another.
+const OPEN_DOCUMENT: u8 = 1;
+const OPEN_ARRAY: u8 = 2;
+const CLOSE: u8 = 3;
+const STRING: u8 = 4;
+const INT: u8 = 5;
+const BOOLEAN: u8 = 6;
+
+/// Hashes the token stream with XXH3-64, seed 0. Every variable-length
+/// part is length-prefixed, so distinct streams hash distinct bytes.
+pub(crate) struct HashSink {
+    hasher: Xxh3,
+    /// One bit per open container, innermost lowest: set for an array,
+    /// whose element keys are not hashed (the document sink drops them).
+    arrays: u128,
+    depth: u32,
+}
+
+impl HashSink {
+    pub(crate) fn new() -> Self {
+        HashSink {
+            hasher: Xxh3::new(),
+            arrays: 0,
+            depth: 0,
+        }
+    }
+
+    pub(crate) fn finish(&self) -> ShapeHash {
+        ShapeHash(self.hasher.digest())
+    }
+
+    fn in_array(&self) -> bool {
+        self.depth > 0 && self.arrays & 1 == 1
+    }
+
+    /// The tag, then the key unless inside an array.
+    fn head(&mut self, tag: u8, key: &CStr) {
+        if self.in_array() {
+            self.hasher.update(&[tag]);
+        } else {
+            let len = (key.len() as u32).to_le_bytes();
+            self.hasher.update(&[tag, len[0], len[1], len[2], len[3]]);
+            self.hasher.update(key.as_str().as_bytes());
+        }
+    }
+
+    fn push(&mut self, array: bool) {
+        // Beyond 128 levels (the walker stops far sooner) the bit is lost
+        // and keys are hashed; that only makes the hash more specific.
+        self.arrays = (self.arrays << 1) | u128::from(array);
+        self.depth = self.depth.saturating_add(1);
+    }
+}
+
+impl<'a> Sink<'a> for HashSink {
+    fn open_document(&mut self, key: &'a CStr) {
+        self.head(OPEN_DOCUMENT, key);
+        self.push(false);
+    }
+
+    fn open_array(&mut self, key: &'a CStr) {
+        self.head(OPEN_ARRAY, key);
+        self.push(true);
+    }
+
+    fn close(&mut self) {
+        self.hasher.update(&[CLOSE]);
+        self.arrays >>= 1;
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    fn string(&mut self, key: &'a CStr, value: &'a str) {
+        self.head(STRING, key);
+        self.hasher.update(&(value.len() as u32).to_le_bytes());
+        self.hasher.update(value.as_bytes());
+    }
+
+    fn int(&mut self, key: &'a CStr, value: i32) {
+        self.head(INT, key);
+        self.hasher.update(&value.to_le_bytes());
+    }
+
+    fn boolean(&mut self, key: &'a CStr, value: bool) {
+        self.head(BOOLEAN, key);
+        self.hasher.update(&[u8::from(value)]);
+    }
+}
+
+/// A container being built: its key in the parent, and its contents.
+enum Open<'a> {
+    Document(&'a CStr, RawDocumentBuf),
+    Array(&'a CStr, RawArrayBuf),
+}
+
+/// Builds the shape document. A key may repeat (a peer can send
+/// `{a: 1, a: 2}`): the raw buffers keep both, as the hash does.
+pub(crate) struct DocSink<'a> {
+    root: RawDocumentBuf,
+    open: Vec<Open<'a>>,
+}
+
+impl<'a> DocSink<'a> {
+    pub(crate) fn new() -> Self {
+        DocSink {
+            root: RawDocumentBuf::new(),
+            open: Vec::new(),
+        }
+    }
+
+    /// The document, with anything left open closed.
+    pub(crate) fn finish(mut self) -> RawDocumentBuf {
+        while !self.open.is_empty() {
+            self.close();
+        }
+        self.root
+    }
+
+    fn put(&mut self, key: &'a CStr, value: RawBsonRef<'_>) {
+        match self.open.last_mut() {
+            Some(Open::Document(_, doc)) => doc.append(key, value),
+            Some(Open::Array(_, array)) => array.push(value),
+            None => self.root.append(key, value),
+        }
+    }
+}
+
+impl<'a> Sink<'a> for DocSink<'a> {
+    fn open_document(&mut self, key: &'a CStr) {
+        self.open.push(Open::Document(key, RawDocumentBuf::new()));
+    }
+
+    fn open_array(&mut self, key: &'a CStr) {
+        self.open.push(Open::Array(key, RawArrayBuf::new()));
+    }
+
+    fn close(&mut self) {
+        // A close without an open would be a walker bug; ignoring it keeps
+        // the root intact rather than panicking.
+        match self.open.pop() {
+            Some(Open::Document(key, doc)) => self.put(key, RawBsonRef::Document(&doc)),
+            Some(Open::Array(key, array)) => self.put(key, RawBsonRef::Array(&array)),
+            None => {}
+        }
+    }
+
+    fn string(&mut self, key: &'a CStr, value: &'a str) {
+        self.put(key, RawBsonRef::String(value));
+    }
+
+    fn int(&mut self, key: &'a CStr, value: i32) {
+        self.put(key, RawBsonRef::Int32(value));
+    }
+
+    fn boolean(&mut self, key: &'a CStr, value: bool) {
+        self.put(key, RawBsonRef::Boolean(value));
+    }
+}
