@@ -4,8 +4,8 @@
 use super::sink::{HashSink, Sink};
 use super::stages::pipeline;
 use super::values::{
-    each_element, expression, filter_value, kept, literal, open_array, open_document,
-    projection, sort, structure, update,
+    each_element, expression, filter_value, kept, literal, open_array, open_document, projection,
+    sort, structure, update,
 };
 use super::MAX_STATEMENTS;
 use crate::command::{as_bool, as_i64, CommandView};
@@ -154,7 +154,11 @@ pub(crate) fn walk<'a, S: Sink<'a>>(
     let depth = 1;
     match command {
         Command::Find | Command::Count | Command::Distinct | Command::FindAndModify => {
-            let query_key = if command == Command::Find { cstr!("filter") } else { cstr!("query") };
+            let query_key = if command == Command::Find {
+                cstr!("filter")
+            } else {
+                cstr!("query")
+            };
             if command == Command::Distinct {
                 if let Some(key) = fields.key {
                     kept(s, cstr!("key"), key, depth);
@@ -312,7 +316,12 @@ fn statements<'a, S: Sink<'a>>(
 
 /// One statement: `{q, u, multi, upsert, ...}` or `{q, limit, ...}`. A
 /// statement that is not a document is `?invalid`.
-fn statement<'a, S: Sink<'a>>(s: &mut S, command: Command, doc: Option<&'a RawDocument>, depth: usize) {
+fn statement<'a, S: Sink<'a>>(
+    s: &mut S,
+    command: Command,
+    doc: Option<&'a RawDocument>,
+    depth: usize,
+) {
     let key = cstr!("");
     let Some(doc) = doc else {
         return s.string(key, super::values::INVALID);

@@ -10,7 +10,12 @@ use super::values::{
 use bson::raw::{CStr, RawArray, RawBsonRef};
 
 /// A pipeline: an array of one-key stage documents.
-pub(crate) fn pipeline<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, stages: &'a RawArray, depth: usize) {
+pub(crate) fn pipeline<'a, S: Sink<'a>>(
+    s: &mut S,
+    key: &'a CStr,
+    stages: &'a RawArray,
+    depth: usize,
+) {
     if !open_array(s, key, depth) {
         return;
     }
@@ -36,7 +41,12 @@ fn pipeline_value<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<'
     }
 }
 
-fn stage_argument<'a, S: Sink<'a>>(s: &mut S, name: &'a CStr, argument: RawBsonRef<'a>, depth: usize) {
+fn stage_argument<'a, S: Sink<'a>>(
+    s: &mut S,
+    name: &'a CStr,
+    argument: RawBsonRef<'a>,
+    depth: usize,
+) {
     match name.as_str() {
         "$match" => filter_value(s, name, argument, depth),
         "$sort" => sort(s, name, argument, depth),
@@ -73,7 +83,12 @@ fn stage_argument<'a, S: Sink<'a>>(s: &mut S, name: &'a CStr, argument: RawBsonR
 /// Stages whose argument names collections and fields ($lookup,
 /// $graphLookup, $unionWith, $merge): the names are kept, sub-pipelines,
 /// filters and expressions are shaped, anything else is a structure.
-fn named_fields<'a, S: Sink<'a>>(s: &mut S, name: &'a CStr, argument: RawBsonRef<'a>, depth: usize) {
+fn named_fields<'a, S: Sink<'a>>(
+    s: &mut S,
+    name: &'a CStr,
+    argument: RawBsonRef<'a>,
+    depth: usize,
+) {
     let RawBsonRef::Document(fields) = argument else {
         // `$unionWith: "other"`, `$merge: "target"`: a collection name.
         return kept(s, name, argument, depth);

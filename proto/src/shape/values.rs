@@ -117,7 +117,12 @@ pub(crate) fn starts_with_operator(doc: &RawDocument) -> bool {
 }
 
 /// A query filter (`find.filter`, `$match`, `q`).
-pub(crate) fn filter<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, doc: &'a RawDocument, depth: usize) {
+pub(crate) fn filter<'a, S: Sink<'a>>(
+    s: &mut S,
+    key: &'a CStr,
+    doc: &'a RawDocument,
+    depth: usize,
+) {
     if !open_document(s, key, depth) {
         return;
     }
@@ -128,7 +133,12 @@ pub(crate) fn filter<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, doc: &'a RawDocu
 }
 
 /// A filter, or the literal placeholder when the value is not a document.
-pub(crate) fn filter_value<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<'a>, depth: usize) {
+pub(crate) fn filter_value<'a, S: Sink<'a>>(
+    s: &mut S,
+    key: &'a CStr,
+    value: RawBsonRef<'a>,
+    depth: usize,
+) {
     match value {
         RawBsonRef::Document(doc) => filter(s, key, doc, depth),
         other => literal(s, key, other),
@@ -149,7 +159,9 @@ fn filter_element<'a, S: Sink<'a>>(s: &mut S, name: &'a CStr, value: RawBsonRef<
         ("$expr", value) => expression(s, name, value, depth),
         // $text, $where, $jsonSchema, $comment, ...: keys kept, values not.
         (op, value) if op.starts_with('$') => structure(s, name, value, depth),
-        (_, RawBsonRef::Document(ops)) if starts_with_operator(ops) => operators(s, name, ops, depth),
+        (_, RawBsonRef::Document(ops)) if starts_with_operator(ops) => {
+            operators(s, name, ops, depth)
+        }
         // Equality with a value, a sub-document included (`?object`).
         (_, value) => literal(s, name, value),
     }
@@ -160,22 +172,29 @@ fn operators<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, ops: &'a RawDocument, de
     if !open_document(s, key, depth) {
         return;
     }
-    each_element(s, ops.iter_elements(), |s, op, value| match (op.as_str(), value) {
-        ("$elemMatch", RawBsonRef::Document(inner)) => filter(s, op, inner, depth + 1),
-        ("$not", RawBsonRef::Document(inner)) => operators(s, op, inner, depth + 1),
-        // Geo operators: `{$geometry: {type, coordinates}}` and the like.
-        (_, RawBsonRef::Document(inner)) if starts_with_operator(inner) => {
-            structure(s, op, value, depth + 1)
+    each_element(s, ops.iter_elements(), |s, op, value| {
+        match (op.as_str(), value) {
+            ("$elemMatch", RawBsonRef::Document(inner)) => filter(s, op, inner, depth + 1),
+            ("$not", RawBsonRef::Document(inner)) => operators(s, op, inner, depth + 1),
+            // Geo operators: `{$geometry: {type, coordinates}}` and the like.
+            (_, RawBsonRef::Document(inner)) if starts_with_operator(inner) => {
+                structure(s, op, value, depth + 1)
+            }
+            // `$in: [1, 2, 3]` is one `?array<?number>`, whatever its length.
+            (_, value) => literal(s, op, value),
         }
-        // `$in: [1, 2, 3]` is one `?array<?number>`, whatever its length.
-        (_, value) => literal(s, op, value),
     });
     s.close();
 }
 
 /// Keys kept, every leaf a placeholder: for values that have a structure
 /// but no field paths or operators worth telling apart ($text, geo).
-pub(crate) fn structure<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<'a>, depth: usize) {
+pub(crate) fn structure<'a, S: Sink<'a>>(
+    s: &mut S,
+    key: &'a CStr,
+    value: RawBsonRef<'a>,
+    depth: usize,
+) {
     let RawBsonRef::Document(doc) = value else {
         return literal(s, key, value);
     };
@@ -223,7 +242,12 @@ pub(crate) fn kept<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<
 /// An aggregation expression: field paths (`"$a"`, `"$$var"`) and operator
 /// names are kept, constants become placeholders. An array made only of
 /// constants is one literal, as the server folds it.
-pub(crate) fn expression<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<'a>, depth: usize) {
+pub(crate) fn expression<'a, S: Sink<'a>>(
+    s: &mut S,
+    key: &'a CStr,
+    value: RawBsonRef<'a>,
+    depth: usize,
+) {
     match value {
         RawBsonRef::String(path) if path.starts_with('$') => s.string(key, path),
         RawBsonRef::Array(items) if !is_constant_array(items, depth) => {
@@ -280,20 +304,29 @@ pub(crate) fn sort<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<
     if !open_document(s, key, depth) {
         return;
     }
-    each_element(s, doc.iter_elements(), |s, field, direction| match direction {
-        RawBsonRef::Document(_) => kept(s, field, direction, depth + 1),
-        other => match as_i64(other) {
-            Some(n) => s.int(field, if n < 0 { -1 } else { 1 }),
-            None => literal(s, field, other),
+    each_element(
+        s,
+        doc.iter_elements(),
+        |s, field, direction| match direction {
+            RawBsonRef::Document(_) => kept(s, field, direction, depth + 1),
+            other => match as_i64(other) {
+                Some(n) => s.int(field, if n < 0 { -1 } else { 1 }),
+                None => literal(s, field, other),
+            },
         },
-    });
+    );
     s.close();
 }
 
 /// A projection: inclusion and exclusion become `true`/`false` (as the
 /// server writes them), sub-projections nest, `$elemMatch` is a filter,
 /// `$meta` is kept, `$slice` and computed values are shaped.
-pub(crate) fn projection<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<'a>, depth: usize) {
+pub(crate) fn projection<'a, S: Sink<'a>>(
+    s: &mut S,
+    key: &'a CStr,
+    value: RawBsonRef<'a>,
+    depth: usize,
+) {
     let RawBsonRef::Document(doc) = value else {
         return literal(s, key, value);
     };
@@ -303,11 +336,15 @@ pub(crate) fn projection<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBs
     each_element(s, doc.iter_elements(), |s, field, spec| match spec {
         RawBsonRef::Document(ops) if starts_with_operator(ops) => {
             if open_document(s, field, depth + 1) {
-                each_element(s, ops.iter_elements(), |s, op, arg| match (op.as_str(), arg) {
-                    ("$elemMatch", RawBsonRef::Document(inner)) => filter(s, op, inner, depth + 2),
-                    ("$meta", RawBsonRef::String(_)) => kept(s, op, arg, depth + 2),
-                    ("$slice", arg) => literal(s, op, arg),
-                    (_, arg) => expression(s, op, arg, depth + 2),
+                each_element(s, ops.iter_elements(), |s, op, arg| {
+                    match (op.as_str(), arg) {
+                        ("$elemMatch", RawBsonRef::Document(inner)) => {
+                            filter(s, op, inner, depth + 2)
+                        }
+                        ("$meta", RawBsonRef::String(_)) => kept(s, op, arg, depth + 2),
+                        ("$slice", arg) => literal(s, op, arg),
+                        (_, arg) => expression(s, op, arg, depth + 2),
+                    }
                 });
                 s.close();
             }
@@ -325,7 +362,12 @@ pub(crate) fn projection<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBs
 
 /// An update: a pipeline, modifiers (`{$set: {a: "?string"}}`), or a
 /// replacement document (its field names, placeholder values).
-pub(crate) fn update<'a, S: Sink<'a>>(s: &mut S, key: &'a CStr, value: RawBsonRef<'a>, depth: usize) {
+pub(crate) fn update<'a, S: Sink<'a>>(
+    s: &mut S,
+    key: &'a CStr,
+    value: RawBsonRef<'a>,
+    depth: usize,
+) {
     match value {
         RawBsonRef::Array(stages) => pipeline(s, key, stages, depth),
         RawBsonRef::Document(doc) if starts_with_operator(doc) => {
