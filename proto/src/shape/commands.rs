@@ -97,9 +97,6 @@ impl<'a> Fields<'a> {
     fn collect(doc: &'a RawDocument) -> Self {
         let mut fields = Fields::default();
         for element in doc.iter_elements().skip(1).flatten() {
-            let Ok(value) = element.value() else {
-                continue;
-            };
             let key = element.key().as_str();
             let slot = match key {
                 // find's filter, count/distinct/findAndModify's query.
@@ -118,15 +115,25 @@ impl<'a> Fields<'a> {
                 "updates" | "deletes" => &mut fields.statements,
                 "update" => &mut fields.update,
                 "arrayFilters" => &mut fields.array_filters,
-                other => match FLAGS.iter().position(|flag| *flag == other) {
-                    Some(i) => match fields.flags.get_mut(i) {
-                        Some(slot) => slot,
-                        None => continue,
-                    },
-                    None => continue,
-                },
+                // In FLAGS order.
+                "singleBatch" => &mut fields.flags[0],
+                "allowDiskUse" => &mut fields.flags[1],
+                "returnKey" => &mut fields.flags[2],
+                "showRecordId" => &mut fields.flags[3],
+                "tailable" => &mut fields.flags[4],
+                "awaitData" => &mut fields.flags[5],
+                "noCursorTimeout" => &mut fields.flags[6],
+                "oplogReplay" => &mut fields.flags[7],
+                "remove" => &mut fields.flags[8],
+                "new" => &mut fields.flags[9],
+                "upsert" => &mut fields.flags[10],
+                _ => continue,
             };
-            slot.get_or_insert(value);
+            // Decoded only once it is known to be wanted: most of a
+            // body ($db, lsid, cursor, ...) is not part of a shape.
+            if slot.is_none() {
+                *slot = element.value().ok();
+            }
         }
         fields
     }

@@ -4,7 +4,7 @@
 
 use super::ShapeHash;
 use bson::raw::{CStr, RawArrayBuf, RawBsonRef, RawDocumentBuf};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// Receives a shape as a stream of elements. Keys of elements inside an
 /// array are ignored (an array's keys are its positions), by both sinks.
@@ -29,25 +29,78 @@ const BOOLEAN: u8 = 6;
 
 /// Hashes the token stream with XXH3-64, seed 0. Every variable-length
 /// part is length-prefixed, so distinct streams hash distinct bytes.
+///
+/// Tokens are a few bytes each and XXH3's streaming `update` costs tens of
+/// ns per call, so they gather in a buffer on the stack: a shape that fits
+/// is hashed in one call, a longer one streams in buffer-sized chunks.
+/// XXH3 gives the same hash either way.
 pub(crate) struct HashSink {
-    hasher: Xxh3,
+    buffer: [u8; BUFFER_LEN],
+    buffered: usize,
+    /// Started only when the buffer overflows.
+    stream: Option<Box<Xxh3>>,
     /// One bit per open container, innermost lowest: set for an array,
     /// whose element keys are not hashed (the document sink drops them).
     arrays: u128,
     depth: u32,
 }
 
+const BUFFER_LEN: usize = 512;
+
 impl HashSink {
     pub(crate) fn new() -> Self {
         HashSink {
-            hasher: Xxh3::new(),
+            buffer: [0; BUFFER_LEN],
+            buffered: 0,
+            stream: None,
             arrays: 0,
             depth: 0,
         }
     }
 
     pub(crate) fn finish(&self) -> ShapeHash {
-        ShapeHash(self.hasher.digest())
+        let rest = self.buffer.get(..self.buffered).unwrap_or_default();
+        match &self.stream {
+            None => ShapeHash(xxh3_64(rest)),
+            Some(stream) => {
+                let mut stream = stream.clone();
+                stream.update(rest);
+                ShapeHash(stream.digest())
+            }
+        }
+    }
+
+    /// A token's fixed-size part: a constant-length copy the compiler
+    /// inlines, where a slice copy would call memmove for a few bytes.
+    fn write_fixed<const N: usize>(&mut self, bytes: [u8; N]) {
+        let end = self.buffered + N;
+        match self.buffer.get_mut(self.buffered..end) {
+            Some(free) => {
+                if let Ok(free) = <&mut [u8; N]>::try_from(free) {
+                    *free = bytes;
+                }
+                self.buffered = end;
+            }
+            None => self.write(&bytes),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let end = self.buffered + bytes.len();
+        if let Some(free) = self.buffer.get_mut(self.buffered..end) {
+            free.copy_from_slice(bytes);
+            self.buffered = end;
+            return;
+        }
+        let stream = self.stream.get_or_insert_with(|| Box::new(Xxh3::new()));
+        stream.update(self.buffer.get(..self.buffered).unwrap_or_default());
+        self.buffered = 0;
+        if bytes.len() > BUFFER_LEN / 2 {
+            stream.update(bytes);
+        } else if let Some(free) = self.buffer.get_mut(..bytes.len()) {
+            free.copy_from_slice(bytes);
+            self.buffered = bytes.len();
+        }
     }
 
     fn in_array(&self) -> bool {
@@ -57,11 +110,11 @@ impl HashSink {
     /// The tag, then the key unless inside an array.
     fn head(&mut self, tag: u8, key: &CStr) {
         if self.in_array() {
-            self.hasher.update(&[tag]);
+            self.write_fixed([tag]);
         } else {
             let len = (key.len() as u32).to_le_bytes();
-            self.hasher.update(&[tag, len[0], len[1], len[2], len[3]]);
-            self.hasher.update(key.as_str().as_bytes());
+            self.write_fixed([tag, len[0], len[1], len[2], len[3]]);
+            self.write(key.as_str().as_bytes());
         }
     }
 
@@ -85,25 +138,25 @@ impl<'a> Sink<'a> for HashSink {
     }
 
     fn close(&mut self) {
-        self.hasher.update(&[CLOSE]);
+        self.write_fixed([CLOSE]);
         self.arrays >>= 1;
         self.depth = self.depth.saturating_sub(1);
     }
 
     fn string(&mut self, key: &'a CStr, value: &'a str) {
         self.head(STRING, key);
-        self.hasher.update(&(value.len() as u32).to_le_bytes());
-        self.hasher.update(value.as_bytes());
+        self.write_fixed((value.len() as u32).to_le_bytes());
+        self.write(value.as_bytes());
     }
 
     fn int(&mut self, key: &'a CStr, value: i32) {
         self.head(INT, key);
-        self.hasher.update(&value.to_le_bytes());
+        self.write_fixed(value.to_le_bytes());
     }
 
     fn boolean(&mut self, key: &'a CStr, value: bool) {
         self.head(BOOLEAN, key);
-        self.hasher.update(&[u8::from(value)]);
+        self.write_fixed([u8::from(value)]);
     }
 }
 
