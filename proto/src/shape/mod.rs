@@ -71,8 +71,9 @@ impl fmt::Display for ShapeHash {
 /// findAndModify). `sequences` are the OP_MSG's document sequences (pass
 /// `&[]` for OP_QUERY): update and delete statements may travel there.
 ///
-/// Cheap enough for every request: one pass over the raw BSON, no
-/// allocation.
+/// Cheap enough for every request: one pass over the raw BSON (update and
+/// delete statements are read twice, see [`MAX_STATEMENTS`]) into a stack
+/// buffer; only a shape of more than 512 token bytes allocates, once.
 pub fn shape_hash(view: &CommandView<'_>, sequences: &[DocSequence<'_>]) -> Option<ShapeHash> {
     let mut hash = sink::HashSink::new();
     commands::walk(view, sequences, &mut hash)?;

@@ -229,3 +229,41 @@ impl<'a> Sink<'a> for DocSink<'a> {
         self.put(key, RawBsonRef::Boolean(value));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{HashSink, Sink, BUFFER_LEN};
+    use bson::raw::cstr;
+    use xxhash_rust::xxh3::xxh3_64;
+
+    /// The hash is XXH3-64 of the documented token bytes, whether they fit
+    /// the buffer or stream past it (a long value, many small tokens).
+    #[test]
+    fn hashes_the_token_bytes_however_they_are_buffered() {
+        let long = "x".repeat(BUFFER_LEN);
+        let mut sink = HashSink::new();
+        let mut expected = Vec::new();
+        sink.open_document(cstr!("doc"));
+        expected.extend_from_slice(&[1, 3, 0, 0, 0]);
+        expected.extend_from_slice(b"doc");
+        for i in 0..100 {
+            sink.int(cstr!("n"), i);
+            expected.extend_from_slice(&[5, 1, 0, 0, 0, b'n']);
+            expected.extend_from_slice(&i.to_le_bytes());
+        }
+        sink.open_array(cstr!("a"));
+        expected.extend_from_slice(&[2, 1, 0, 0, 0, b'a']);
+        // Keys inside an array are not hashed.
+        sink.string(cstr!("ignored"), &long);
+        expected.push(4);
+        expected.extend_from_slice(&(long.len() as u32).to_le_bytes());
+        expected.extend_from_slice(long.as_bytes());
+        sink.boolean(cstr!("0"), true);
+        expected.extend_from_slice(&[6, 1]);
+        sink.close();
+        sink.close();
+        expected.extend_from_slice(&[3, 3]);
+        assert!(expected.len() > 2 * BUFFER_LEN);
+        assert_eq!(sink.finish().0, xxh3_64(&expected));
+    }
+}
