@@ -1,5 +1,13 @@
 //! The top of a shape: which commands have one, and which of their fields
 //! enter it, in a fixed order whatever order the client sent them in.
+//!
+//! The shape is `{cmdNs: {db, coll}, command, <query or statements>,
+//! projection, sort, update, arrayFilters, min, max, hint, collation, let,
+//! limit, skip, <flags>}`, each part only when present. A field is read
+//! the same way whichever command carries it: the server rejects a
+//! command with a field it does not take, so such a shape is never run.
+//! Fields that do not change what a query does (batchSize, maxTimeMS,
+//! comment, readConcern, lsid, ...) are left out.
 
 use super::sink::{HashSink, Sink};
 use super::stages::pipeline;

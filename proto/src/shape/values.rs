@@ -351,10 +351,10 @@ pub(crate) fn projection<'a, S: Sink<'a>>(
         }
         RawBsonRef::Document(_) => projection(s, field, spec, depth + 1),
         RawBsonRef::String(path) if path.starts_with('$') => s.string(field, path),
-        other => match (other, as_bool(other)) {
-            (RawBsonRef::Boolean(_) | RawBsonRef::Int32(_) | RawBsonRef::Int64(_), Some(flag))
-            | (RawBsonRef::Double(_), Some(flag)) => s.boolean(field, flag),
-            _ => literal(s, field, other),
+        // `1`, `5` and `true` all include; `0` and `false` exclude.
+        other => match as_bool(other) {
+            Some(flag) => s.boolean(field, flag),
+            None => literal(s, field, other),
         },
     });
     s.close();
