@@ -86,18 +86,18 @@ struct Fields<'a> {
 /// Boolean options kept in a shape when present. `remove`, `new` and
 /// `upsert` are findAndModify's (update statements' `upsert` is read per
 /// statement).
-const FLAGS: [&str; 11] = [
-    "singleBatch",
-    "allowDiskUse",
-    "returnKey",
-    "showRecordId",
-    "tailable",
-    "awaitData",
-    "noCursorTimeout",
-    "oplogReplay",
-    "remove",
-    "new",
-    "upsert",
+const FLAGS: [&CStr; 11] = [
+    cstr!("singleBatch"),
+    cstr!("allowDiskUse"),
+    cstr!("returnKey"),
+    cstr!("showRecordId"),
+    cstr!("tailable"),
+    cstr!("awaitData"),
+    cstr!("noCursorTimeout"),
+    cstr!("oplogReplay"),
+    cstr!("remove"),
+    cstr!("new"),
+    cstr!("upsert"),
 ];
 
 impl<'a> Fields<'a> {
@@ -233,30 +233,15 @@ pub(crate) fn walk<'a, S: Sink<'a>>(
     if let Some(value) = fields.skip {
         literal(s, cstr!("skip"), value);
     }
-    for (name, value) in FLAGS.iter().zip(fields.flags) {
+    for (key, value) in FLAGS.into_iter().zip(fields.flags) {
         if let Some(value) = value {
-            flag(s, name, value);
+            flag(s, key, value);
         }
     }
     Some(())
 }
 
-fn flag<'a, S: Sink<'a>>(s: &mut S, name: &'static str, value: RawBsonRef<'a>) {
-    // The FLAGS are literals; a key cannot be made from a `&str` without
-    // a check, so the names are matched back to constants.
-    let key: &'static CStr = match name {
-        "singleBatch" => cstr!("singleBatch"),
-        "allowDiskUse" => cstr!("allowDiskUse"),
-        "returnKey" => cstr!("returnKey"),
-        "showRecordId" => cstr!("showRecordId"),
-        "tailable" => cstr!("tailable"),
-        "awaitData" => cstr!("awaitData"),
-        "noCursorTimeout" => cstr!("noCursorTimeout"),
-        "oplogReplay" => cstr!("oplogReplay"),
-        "remove" => cstr!("remove"),
-        "new" => cstr!("new"),
-        _ => cstr!("upsert"),
-    };
+fn flag<'a, S: Sink<'a>>(s: &mut S, key: &'static CStr, value: RawBsonRef<'a>) {
     match as_bool(value) {
         Some(flag) => s.boolean(key, flag),
         None => literal(s, key, value),
