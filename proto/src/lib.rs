@@ -21,6 +21,7 @@ pub mod op_reply;
 mod read;
 pub mod reply;
 pub mod rewrite;
+pub mod shape;
 pub mod sniff;
 
 pub use command::CommandView;
