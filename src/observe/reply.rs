@@ -66,7 +66,9 @@ impl<'a> ReplyObserver<'a> {
             self.conn.inflight.insert(p);
             return;
         }
-        self.conn.slots.notify_one();
+        // Every waiter: the client's reader held at max_inflight, and a
+        // draining session waiting for its last reply.
+        self.conn.slots.notify_waiters();
         let facts = p.facts();
         let elapsed = now.saturating_duration_since(facts.started);
         self.track_cursor(facts, reply, now);

@@ -140,7 +140,8 @@ pub async fn run(
     let end = loop {
         // The control branch is gated: frames wake this task all the time,
         // and only its own wakeups make it poll the tokens and the timer.
-        let mut control = gate::gated(control(&abort, &drain, &mut flush, draining));
+        let mut control =
+            gate::gated(control(&abort, &drain, &mut flush, draining, &conn_state));
         // Cancel-safe: the pipes are pinned across iterations (see above),
         // and `control` is (see `control`).
         let event = tokio::select! {
@@ -185,7 +186,7 @@ enum Control {
     Drain,
     /// Time to publish samples and check the idle timeout.
     Tick,
-    /// While draining, every few ms: is the last reply in?
+    /// While draining: the last reply is in.
     DrainCheck,
 }
 
@@ -194,18 +195,19 @@ async fn control(
     drain: &CancellationToken,
     flush: &mut tokio::time::Interval,
     draining: bool,
+    conn: &crate::observe::ConnState,
 ) -> Control {
     // Cancel-safe: this future is dropped whenever a frame wins the outer
     // select. `cancelled` holds no state, a tick not taken stays due, and
-    // the drain check's 5 ms sleep restarts, which only defers the check
-    // while frames keep flowing (abort bounds the wait). Biased so abort
-    // wins over a due tick.
+    // `wait_for_slot` registers for the next completion before it checks
+    // the count, so a reply that lands between two polls is not missed.
+    // Biased so abort wins over a due tick.
     tokio::select! {
         biased;
         _ = abort.cancelled() => Control::Abort,
         _ = drain.cancelled(), if !draining => Control::Drain,
         _ = flush.tick() => Control::Tick,
-        _ = tokio::time::sleep(Duration::from_millis(5)), if draining => Control::DrainCheck,
+        () = conn.wait_for_slot(1), if draining => Control::DrainCheck,
     }
 }
 
