@@ -8,6 +8,7 @@ use super::ConnState;
 use crate::topology::ReplicaSet;
 use mongotap_proto::hello::{self, AddressMap, ReplyKind};
 use mongotap_proto::DecodeError;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 /// How many hello-like requests a connection remembers at once. Drivers
@@ -25,6 +26,10 @@ impl HelloIds {
     fn note(&mut self, id: i32, kind: ReplyKind) {
         self.ids[self.next] = Some((id, kind));
         self.next = (self.next + 1) % REMEMBERED;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.iter().all(Option::is_none)
     }
 
     fn take(&mut self, id: i32) -> Option<ReplyKind> {
@@ -68,10 +73,9 @@ impl ConnState {
             return;
         }
         if let Some(kind) = reply_kind(command) {
-            self.hellos
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .note(request_id, kind);
+            let mut hellos = self.hellos.lock().unwrap_or_else(|e| e.into_inner());
+            hellos.note(request_id, kind);
+            self.hellos_waiting.store(true, Relaxed);
         }
     }
 
@@ -84,6 +88,10 @@ impl ConnState {
         (request_id, response_to): (i32, i32),
         more: bool,
     ) -> Result<Option<Vec<u8>>, DecodeError> {
+        // Most replies answer data commands: one load, no lock.
+        if !self.hellos_waiting.load(Relaxed) {
+            return Ok(None);
+        }
         let (Some(set), Some(member)) = (&self.obs.replica_set, &self.id.member) else {
             return Ok(None);
         };
@@ -95,6 +103,7 @@ impl ConnState {
             if more {
                 hellos.note(request_id, kind);
             }
+            self.hellos_waiting.store(!hellos.is_empty(), Relaxed);
             kind
         };
         let mut map = ListenerMap {

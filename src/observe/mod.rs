@@ -72,6 +72,9 @@ pub struct ConnState {
     unanswerable: Mutex<RecentIds>,
     /// Replica-set mode: requests whose replies name members.
     hellos: Mutex<hello_rewrite::HelloIds>,
+    /// `hellos` holds an id: replies need a look (set and cleared under
+    /// its lock; both observers run in the session's one task).
+    hellos_waiting: std::sync::atomic::AtomicBool,
 }
 
 /// Why a reply's `responseTo` matched no pending request.
@@ -155,6 +158,7 @@ impl ConnState {
             opened: Instant::now(),
             unanswerable: Mutex::default(),
             hellos: Mutex::default(),
+            hellos_waiting: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
