@@ -75,7 +75,10 @@ enum Command {
     /// Clients connect to --listen with directConnection=true in their URI,
     /// e.g. mongodb://127.0.0.1:27018/?directConnection=true&appName=checkout;
     /// without it a driver discovers replica-set members from the server and
-    /// connects to them directly, bypassing the proxy. Stop with SIGTERM or
+    /// connects to them directly, bypassing the proxy. For a replica set, set
+    /// [topology] mode = "replica-set" in the config file instead: mongotap
+    /// then listens once per member and hello replies name its listeners, so
+    /// drivers given replicaSet= discover and fail over through it. Stop with SIGTERM or
     /// Ctrl-C: in-flight commands get proxy.drain_timeout_ms to finish.
     Proxy(ProxyArgs),
     /// Parse and validate a config file, print the effective settings as
