@@ -1,6 +1,7 @@
 //! Real drivers fail over, directly against the scripted set and through
 //! one mongotap listener, and discover members mongotap's config leaves out.
 
+use super::endpoint::{eventually, topology};
 use super::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -391,3 +392,81 @@ async fn unlisted_members_get_listeners_from_member_ports() {
     assert!(strangers.is_empty(), "bypassed mongotap: {strangers:?}");
 }
 
+// Demo
+
+/// /topology as a table, one row per member.
+fn print_topology(title: &str, topology: &Value) {
+    println!(
+        "\n{title}: set {}, mode {}",
+        topology["set_name"], topology["mode"]
+    );
+    println!(
+        "  {:<17} {:<17} {:<10} {:<5} {:>9}",
+        "member", "advertise", "state", "up", "hello_age"
+    );
+    for m in topology["members"].as_array().expect("members") {
+        println!(
+            "  {:<17} {:<17} {:<10} {:<5} {:>7}ms",
+            m["member"].as_str().unwrap_or("?"),
+            m["advertise"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+            m["up"].to_string(),
+            m["last_hello_age_ms"].to_string()
+        );
+    }
+}
+
+/// Waits until /topology shows `member` as primary.
+async fn primary_shown(tap: &Mongotap, member: &str) {
+    let shown = || {
+        topology(tap)["members"].as_array().is_some_and(|ms| {
+            ms.iter()
+                .any(|m| m["member"] == member && m["state"] == "primary")
+        })
+    };
+    assert!(
+        eventually(T, shown).await,
+        "/topology never showed {member} as primary"
+    );
+}
+
+/// Not a check but a show: `scripts/demo --replica-set` runs it with
+/// `--nocapture`. pymongo fails over through one mongotap listener while
+/// /topology is printed before and after the step-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a demo: scripts/demo --replica-set"]
+async fn demo_failover() {
+    let p = proxied(3).await;
+    let db = unique_db("demo_failover");
+    println!("scripted replica set {SET_NAME}: {:?}", p.set.hosts());
+    println!("mongotap listeners:            {:?}", p.advertised());
+    println!("pymongo URI: {}", p.uri());
+    let first = p.set.primary().expect("a primary");
+    let first_host = p.set.host(first);
+    // Printed once mongotap's probe has seen the primary.
+    primary_shown(&p.tap, &first_host).await;
+    print_topology("/topology before the step-down", &topology(&p.tap));
+
+    println!("\npymongo writes in a loop; the primary steps down after {BEFORE_STEP_DOWN:?}");
+    let run = fail_over(Driver::Python, &p.uri(), &db, &p.set).await;
+    let new_host = p.set.host(run.new_primary);
+    primary_shown(&p.tap, &new_host).await;
+    print_topology("/topology after the step-down", &topology(&p.tap));
+
+    println!("\npymongo's own topology before: {}", run.ready["topology"]);
+    println!(
+        "pymongo's own topology after:  {}",
+        run.done["topology_after"]
+    );
+    println!(
+        "writes: {} acknowledged, {} errors, slowest {} ms; the old primary refused {} (retried)",
+        run.done["inserted"],
+        run.done["errors"].as_array().map_or(0, Vec::len),
+        run.done["max_write_ms"],
+        run.refused
+    );
+    println!(
+        "FerretDB holds {} documents",
+        count_in_ferret(&p.ferret, &db).await
+    );
+}

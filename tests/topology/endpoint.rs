@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn topology(tap: &Mongotap) -> Value {
+pub(super) fn topology(tap: &Mongotap) -> Value {
     let (code, body) = tap.admin_get("/topology");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/topology is not JSON ({e}): {body}"))
