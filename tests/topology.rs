@@ -29,6 +29,7 @@
 //! - `events_and_inflight_name_the_member`: a command's `slow` event and an
 //!   awaiting hello's /inflight row carry the member their listener leads to.
 //! - `unlisted_members_get_listeners_from_member_ports`: discovery.
+//! - `tls_to_a_member_verifies_that_members_host_name`: TLS per member.
 
 // A test's helpers unwrap, expect and print on purpose: a panic there is a
 // failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
@@ -177,3 +178,5 @@ mod drivers;
 mod endpoint;
 #[path = "topology/frames.rs"]
 mod frames;
+#[path = "topology/tls.rs"]
+mod tls;

@@ -158,7 +158,7 @@ fn servers(topology: &Value) -> BTreeSet<String> {
 }
 
 /// Counts the documents of `db.items` by asking FerretDB itself.
-async fn count_in_ferret(ferret: &Ferret, db: &str) -> i64 {
+pub(super) async fn count_in_ferret(ferret: &Ferret, db: &str) -> i64 {
     let mut c = RawClient::connect(ferret.addr()).await;
     let reply = c.command(&rawdoc! { "count": "items", "$db": db }).await;
     assert_eq!(reply.get_f64("ok").ok(), Some(1.0), "{reply:?}");

@@ -7,7 +7,7 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 
 use super::conn::{Conn, Request};
-use super::{host, RETRYABLE_WRITES, SET_NAME};
+use super::{RETRYABLE_WRITES, SET_NAME};
 
 impl Conn {
     pub(super) fn topology_version(&self, counter: i64) -> Document {
@@ -22,7 +22,8 @@ impl Conn {
             .shared
             .addrs
             .iter()
-            .map(|a| Bson::String(host(*a)))
+            .enumerate()
+            .map(|(i, _)| Bson::String(self.shared.name(i)))
             .collect();
         hosts.extend(st.extra_hosts.iter().cloned().map(Bson::String));
         let mut d = Document::new();
@@ -43,9 +44,9 @@ impl Conn {
         );
         d.insert("secondary", !primary);
         if let Some(p) = st.primary {
-            d.insert("primary", host(self.shared.addrs[p]));
+            d.insert("primary", self.shared.name(p));
         }
-        d.insert("me", host(self.shared.addrs[self.me]));
+        d.insert("me", self.shared.name(self.me));
         if primary {
             d.insert("electionId", election_id(st.term));
         }
@@ -95,7 +96,7 @@ impl Conn {
             .addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| {
+            .map(|(i, _)| {
                 let (state, state_str) = if st.down[i] {
                     (8, "(not reachable/healthy)")
                 } else if st.primary == Some(i) {
@@ -105,7 +106,7 @@ impl Conn {
                 };
                 let mut m = doc! {
                     "_id": i as i32,
-                    "name": host(*a),
+                    "name": self.shared.name(i),
                     "health": if st.down[i] { 0.0 } else { 1.0 },
                     "state": state,
                     "stateStr": state_str,
@@ -135,10 +136,10 @@ impl Conn {
             .addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| {
+            .map(|(i, _)| {
                 Bson::Document(doc! {
                     "_id": i as i32,
-                    "host": host(*a),
+                    "host": self.shared.name(i),
                     "arbiterOnly": false,
                     "buildIndexes": true,
                     "hidden": false,

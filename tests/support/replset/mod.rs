@@ -114,6 +114,15 @@ struct Shared {
     hellos: Mutex<Vec<(usize, RawDocumentBuf)>>,
     next_conn_id: AtomicI32,
     refused_writes: AtomicUsize,
+    /// How each member names itself in its answers: `host(addr)` unless
+    /// `rename` gave it another name (the address of a TLS front, say).
+    names: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn name(&self, i: usize) -> String {
+        self.names.lock().expect("names")[i].clone()
+    }
 }
 
 /// A scripted replica set; every member stops on drop.
@@ -148,6 +157,7 @@ impl ReplSet {
             .map(|l| l.local_addr().expect("member addr"))
             .collect();
         let (changed, _) = watch::channel(1);
+        let names = addrs.iter().map(|a| host(*a)).collect();
         let shared = Arc::new(Shared {
             upstream,
             process_ids: (0..n).map(|_| ObjectId::new()).collect(),
@@ -164,6 +174,7 @@ impl ReplSet {
             hellos: Mutex::default(),
             next_conn_id: AtomicI32::new(1),
             refused_writes: AtomicUsize::new(0),
+            names: Mutex::new(names),
         });
         let mut stops = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -188,11 +199,11 @@ impl ReplSet {
 
     /// Member `i` as `hosts` names it.
     pub fn host(&self, i: usize) -> String {
-        host(self.shared.addrs[i])
+        self.shared.name(i)
     }
 
     pub fn hosts(&self) -> Vec<String> {
-        self.shared.addrs.iter().map(|a| host(*a)).collect()
+        (0..self.len()).map(|i| self.shared.name(i)).collect()
     }
 
     /// A `mongodb://` URI that connects straight to the set, no proxy.
@@ -260,6 +271,12 @@ impl ReplSet {
     }
 
     /// Lists `name` in every member's `hosts`: a host that is no real member.
+    /// Member `i` names itself `name` from now on: in hello (`hosts`,
+    /// `primary`, `me`), replSetGetStatus and replSetGetConfig.
+    pub fn rename(&self, i: usize, name: &str) {
+        self.shared.names.lock().expect("names")[i] = name.to_string();
+    }
+
     pub fn add_extra_host(&self, name: &str) {
         self.change(|st| st.extra_hosts.push(name.to_owned()));
     }
