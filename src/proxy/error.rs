@@ -35,7 +35,7 @@ pub enum SessionError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("TLS handshake with upstream {addr} (verifying name {name}) failed: {source}; check tls.upstream.ca and tls.upstream.server_name")]
+    #[error("TLS handshake with upstream {addr} (verifying name {name}) failed: {source}; check tls.upstream.ca, and tls.upstream.server_name (direct mode) or the member's host name in [[topology.member]] upstream (replica-set mode)")]
     UpstreamTls {
         addr: String,
         name: String,
