@@ -146,7 +146,9 @@ impl QueryTable {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&QueryKey, &QueryEntry)> {
-        self.entries.iter().filter(|(_, e)| !e.series.all.is_empty())
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.series.all.is_empty())
     }
 
     /// The `n` rows with the most total time, busiest first.
