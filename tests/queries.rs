@@ -145,6 +145,19 @@ async fn real_driver_commands_group_by_shape_and_no_literal_leaks() {
             .unwrap();
         counted += n_of(&reply);
     }
+    // Writes: their statements travel in OP_MSG document sequences.
+    const UPDATES: usize = 3;
+    for i in 0..UPDATES {
+        let filter = doc! {"customerId": format!("secret-4242-u{i}")};
+        let update = doc! {"$set": {"qty": 987_654_300 + i as i64}};
+        coll.update_one(filter, update).await.unwrap();
+    }
+    const DELETES: usize = 2;
+    for i in 0..DELETES {
+        coll.delete_one(doc! {"customerId": format!("secret-4242-d{i}")})
+            .await
+            .unwrap();
+    }
     // A cursor left open while the endpoints are scanned (/cursors).
     let mut open = coll
         .find(doc! {"kind": "secret-4242-kind", "qty": {"$lt": 987_654_399}})
@@ -204,6 +217,13 @@ async fn real_driver_commands_group_by_shape_and_no_literal_leaks() {
         count["docs_returned"], counted,
         "count's n, as the driver got it"
     );
+
+    let update = one(&|r| r["command"] == "update");
+    assert_eq!(update["count"], UPDATES as u64, "{update}");
+    let delete = one(&|r| r["command"] == "delete");
+    assert_eq!(delete["count"], DELETES as u64, "{delete}");
+    let text = update["shape"].to_string();
+    assert!(text.contains("$set") && text.contains("?number"), "{text}");
 
     // No literal anywhere: every admin endpoint and every log line.
     let mut bodies = Vec::new();

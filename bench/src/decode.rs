@@ -69,9 +69,10 @@ fn run(docs: usize, iterations: u32) -> anyhow::Result<()> {
             shape::shape_hash(black_box(&view), &msg.sequences)
         });
         // Once per shape per process: the shape document.
-        timer.line(&format!("{command} request: shape_doc (first sight)"), || {
-            shape::shape_doc(black_box(&view), &msg.sequences)
-        });
+        timer.line(
+            &format!("{command} request: shape_doc (first sight)"),
+            || shape::shape_doc(black_box(&view), &msg.sequences),
+        );
         timer.line(&format!("{command} request: bson iteration, keys"), || {
             Some(keys_only(black_box(msg.body)))
         });
