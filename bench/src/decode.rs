@@ -64,6 +64,12 @@ fn run(docs: usize, iterations: u32) -> anyhow::Result<()> {
                 Some(black_box(&view).stages().count())
             });
         }
+        // Per request: the per-connection shape cache's key, a hash of the
+        // command's bytes; a hit skips shape_hash.
+        let hasher = ahash::RandomState::new();
+        timer.line(&format!("{command} request: shape cache key"), || {
+            Some(hasher.hash_one(black_box(msg.body.as_bytes())))
+        });
         // Per request (tracked find, aggregate, ...): the shape's hash.
         timer.line(&format!("{command} request: shape_hash"), || {
             shape::shape_hash(black_box(&view), &msg.sequences)

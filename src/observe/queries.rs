@@ -6,11 +6,19 @@
 //! hash, so a repeat costs the hash and one lookup, and equal shapes share
 //! one `Arc` (the sample buffer groups runs by pointer). Only a hash new to
 //! the connection takes the process-wide lock.
+//!
+//! Before the walk, a second small cache is keyed by a hash of the
+//! command's bytes (body and document sequences): a command repeated byte
+//! for byte (a polling loop, the same lookup again; a driver's session id
+//! stays the same across a pooled session's commands) skips the walk, and
+//! hashing ~100 bytes costs a small fraction of it. A command whose
+//! literals differ misses and pays the walk, plus that hash.
 
 use mongotap_proto::op_msg::DocSequence;
-use mongotap_proto::shape::{shape_doc, shape_hash, ShapeHash};
+use mongotap_proto::shape::{has_shape, shape_doc, shape_hash, ShapeHash};
 use mongotap_proto::CommandView;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 
 /// A query shape: its hash, and the shape as relaxed extended JSON (only
@@ -30,11 +38,53 @@ const CONN_CACHE_MAX: usize = 32;
 pub struct ShapeCache {
     last: Option<Arc<QueryShape>>,
     entries: HashMap<ShapeHash, Arc<QueryShape>, ahash::RandomState>,
+    /// Shapes by a hash of the command's bytes (see the module's notes).
+    by_bytes: HashMap<u64, Arc<QueryShape>, ahash::RandomState>,
+    bytes_hasher: ahash::RandomState,
 }
+
+/// Commands a connection remembers byte for byte.
+const BYTES_CACHE_MAX: usize = 64;
 
 impl ShapeCache {
     /// The shape of `view`, or `None` for a command without one.
     pub fn get(
+        &mut self,
+        view: &CommandView<'_>,
+        sequences: &[DocSequence<'_>],
+        shared: &ShapeTexts,
+    ) -> Option<Arc<QueryShape>> {
+        if !has_shape(view.name) {
+            return None;
+        }
+        let bytes = self.bytes_key(view, sequences);
+        if let Some(shape) = self.by_bytes.get(&bytes) {
+            return Some(shape.clone());
+        }
+        let shape = self.by_shape(view, sequences, shared)?;
+        if self.by_bytes.len() >= BYTES_CACHE_MAX {
+            self.by_bytes.clear();
+        }
+        self.by_bytes.insert(bytes, shape.clone());
+        Some(shape)
+    }
+
+    /// A hash of the body's and the sequences' bytes. Equal bytes have the
+    /// same shape; a 64-bit collision between two commands one connection
+    /// sends within 64 commands of each other is not a practical concern.
+    fn bytes_key(&self, view: &CommandView<'_>, sequences: &[DocSequence<'_>]) -> u64 {
+        let mut h = self.bytes_hasher.build_hasher();
+        h.write(view.doc.as_bytes());
+        for s in sequences {
+            h.write(s.identifier.as_bytes());
+            h.write_u8(0);
+            h.write(s.documents);
+        }
+        h.finish()
+    }
+
+    /// The walk, then the caches by shape hash.
+    fn by_shape(
         &mut self,
         view: &CommandView<'_>,
         sequences: &[DocSequence<'_>],
@@ -149,6 +199,7 @@ mod tests {
             &sa,
             &shape_of(&mut one, &texts, &a).expect("shape")
         ));
+        assert_eq!(one.by_bytes.len(), 2, "a and c, byte for byte");
         let text = sa.shape.to_string();
         assert!(
             text.contains("?string") && !text.contains("secret"),
@@ -156,6 +207,31 @@ mod tests {
         );
         let hello = rawdoc! { "hello": 1, "$db": "admin" };
         assert!(shape_of(&mut one, &texts, &hello).is_none());
+    }
+
+    /// Update statements travel in a document sequence: two commands with
+    /// one body and different statements are told apart, by bytes and by
+    /// shape.
+    #[test]
+    fn sequences_count_in_the_byte_key() {
+        use mongotap_proto::op_msg;
+        let texts = ShapeTexts::new(10);
+        let mut cache = ShapeCache::default();
+        let body = rawdoc! { "update": "orders", "$db": "shop" };
+        let set = rawdoc! { "q": { "a": 1 }, "u": { "$set": { "b": 2 } } };
+        let inc = rawdoc! { "q": { "a": 1 }, "u": { "$inc": { "b": 2 } } };
+        let mut shapes = Vec::new();
+        for statement in [&set, &inc, &set] {
+            let seq = [op_msg::DocSequence {
+                identifier: "updates",
+                documents: statement.as_bytes(),
+            }];
+            let view = CommandView::parse(&body).expect("view");
+            shapes.push(cache.get(&view, &seq, &texts).expect("update has a shape"));
+        }
+        assert_ne!(shapes[0].hash, shapes[1].hash);
+        assert!(Arc::ptr_eq(&shapes[0], &shapes[2]));
+        assert_eq!(cache.by_bytes.len(), 2);
     }
 
     /// Past `max`, shapes are still built but no longer kept.
