@@ -14,7 +14,7 @@
 
 use bson::RawDocument;
 use mongotap_bench::{cursor_reply, request_body, Flag, Flags};
-use mongotap_proto::{op_msg, CommandView, ReplyView};
+use mongotap_proto::{op_msg, shape, CommandView, ReplyView};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -64,6 +64,21 @@ fn run(docs: usize, iterations: u32) -> anyhow::Result<()> {
                 Some(black_box(&view).stages().count())
             });
         }
+        // Per request: the per-connection shape cache's key, a hash of the
+        // command's bytes; a hit skips shape_hash.
+        let hasher = ahash::RandomState::new();
+        timer.line(&format!("{command} request: shape cache key"), || {
+            Some(hasher.hash_one(black_box(msg.body.as_bytes())))
+        });
+        // Per request (tracked find, aggregate, ...): the shape's hash.
+        timer.line(&format!("{command} request: shape_hash"), || {
+            shape::shape_hash(black_box(&view), &msg.sequences)
+        });
+        // Once per shape per process: the shape document.
+        timer.line(
+            &format!("{command} request: shape_doc (first sight)"),
+            || shape::shape_doc(black_box(&view), &msg.sequences),
+        );
         timer.line(&format!("{command} request: bson iteration, keys"), || {
             Some(keys_only(black_box(msg.body)))
         });

@@ -30,6 +30,8 @@ pub struct ReplyView<'a> {
     pub max_wire_version: Option<i64>,
     /// hello's negotiated `compression` list.
     pub compression: Option<&'a RawArray>,
+    /// `n`: count's result (also what an update or delete matched).
+    pub n: Option<i64>,
 }
 
 impl<'a> ReplyView<'a> {
@@ -67,6 +69,7 @@ impl<'a> ReplyView<'a> {
                 "hosts" => v.hosts = value.as_array(),
                 "maxWireVersion" => v.max_wire_version = as_i64(value),
                 "compression" => v.compression = value.as_array(),
+                "n" => v.n = as_i64(value),
                 _ => {}
             }
         }

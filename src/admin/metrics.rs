@@ -1,7 +1,7 @@
 //! `/metrics` in the Prometheus text format: a classic histogram built from
 //! the HDR histograms at scrape time, plus the counters and gauges.
 
-use crate::observe::stats::{Outcome, SeriesKey, SeriesMap, BUCKETS_US};
+use crate::observe::stats::{Outcome, QueryTable, SeriesKey, SeriesMap, BUCKETS_US, OTHER};
 use crate::observe::{Observatory, RewriteCounts};
 use crate::shared::Shared;
 use prometheus_client::collector::Collector;
@@ -90,6 +90,41 @@ fn histogram_family(
     Ok(())
 }
 
+/// Query shapes exported to Prometheus: the busiest by total time. The
+/// full table is /stats/queries; a scrape stays small whatever max_shapes.
+const TOP_SHAPES: usize = 20;
+
+/// `mongotap_query_shape_duration_seconds{command,db,collection,shape_hash}`
+/// for the `TOP_SHAPES` shapes with the most total time. Labelled by hash,
+/// never by the shape's text.
+fn query_family(enc: &mut DescriptorEncoder, table: &QueryTable) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(
+        "mongotap_query_shape_duration",
+        "Latency per query shape (see /stats/queries for the shape behind a shape_hash), for the 20 shapes with the most total time",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (k, e) in table.top_by_total(TOP_SHAPES) {
+        let hash = k.hash.map_or_else(|| OTHER.to_string(), |h| h.to_string());
+        let labels = [
+            ("command", &*k.command),
+            ("db", &*k.db),
+            ("collection", &*k.collection),
+            ("shape_hash", hash.as_str()),
+        ];
+        let o = e.outcome();
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                o.sum_us as f64 / 1e6,
+                o.count,
+                &bucket_counts(&o),
+                None,
+            )?;
+    }
+    Ok(())
+}
+
 /// `mongotap_tls_handshake_failures_total{side}`: kept apart from
 /// decode errors, since no frame was ever read.
 fn tls_failures(enc: &mut DescriptorEncoder, s: &Observatory) -> Result<(), std::fmt::Error> {
@@ -165,6 +200,8 @@ impl Collector for ProxyCollector {
         let c = &s.counters;
         s.stats
             .with_commands(|series| histogram_family(&mut enc, series))?;
+        s.stats
+            .with_queries(|table| query_family(&mut enc, table))?;
         gauge(
             &mut enc,
             "mongotap_inflight_commands",
@@ -278,6 +315,12 @@ impl Collector for ProxyCollector {
             "mongotap_series_folded",
             "Samples whose labels were folded into \"other\" at max_series",
             s.stats.folded.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "mongotap_query_shapes_folded",
+            "Query-shape samples folded into the \"other\" row at watch.max_shapes",
+            s.stats.queries_folded.load(Relaxed),
         )?;
         counter(
             &mut enc,

@@ -5,6 +5,7 @@
 
 pub mod metrics;
 
+use crate::observe::stats::QuerySort;
 use crate::shared::Shared;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
@@ -34,6 +35,7 @@ pub fn start(
         .route("/metrics", get(metrics))
         .route("/stats", get(stats))
         .route("/stats/shapes", get(shapes))
+        .route("/stats/queries", get(queries))
         .route("/inflight", get(inflight))
         .route("/cursors", get(cursors))
         .route("/topology", get(topology))
@@ -92,6 +94,46 @@ async fn stats(State(shared): S) -> impl IntoResponse {
 
 async fn shapes(State(shared): S) -> impl IntoResponse {
     Json(serde_json::json!({ "shapes": shared.observe.stats.shape_rows() }))
+}
+
+/// Query shapes, the top `?top=N` (default 50) by `?sort=` (default
+/// total time).
+async fn queries(State(shared): S, RawQuery(query): RawQuery) -> Response {
+    match parse_queries(query.as_deref()) {
+        Ok((sort, top)) => {
+            let rows = shared.observe.stats.query_rows(sort, top);
+            Json(serde_json::json!({ "queries": rows })).into_response()
+        }
+        Err(message) => (StatusCode::BAD_REQUEST, message).into_response(),
+    }
+}
+
+/// `/stats/queries` rows unless `?top=` says otherwise.
+const QUERIES_TOP: usize = 50;
+
+/// The `sort` and `top` parameters of /stats/queries. Other parameters
+/// are ignored, as for /inflight.
+fn parse_queries(query: Option<&str>) -> Result<(QuerySort, usize), String> {
+    let (mut sort, mut top) = (QuerySort::Total, QUERIES_TOP);
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sort" => {
+                sort = QuerySort::parse(value).ok_or_else(|| {
+                    format!("/stats/queries: `sort` must be {}\n", QuerySort::ACCEPTED)
+                })?
+            }
+            "top" => {
+                top = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or("/stats/queries: `top` must be a whole number of at least 1\n")?
+            }
+            _ => {}
+        }
+    }
+    Ok((sort, top))
 }
 
 /// 200 while the upstream answers the health probe's hello, 503 with the
@@ -227,7 +269,28 @@ async fn capture_stop(State(shared): S, headers: HeaderMap) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_all;
+    use super::{parse_all, parse_queries, QuerySort};
+
+    #[test]
+    fn queries_take_a_sort_and_a_top() {
+        assert_eq!(parse_queries(None), Ok((QuerySort::Total, 50)));
+        assert_eq!(
+            parse_queries(Some("top=3&sort=p99")),
+            Ok((QuerySort::P99, 3))
+        );
+        assert_eq!(
+            parse_queries(Some("sort=errors")),
+            Ok((QuerySort::Errors, 50))
+        );
+        let bad_sort = parse_queries(Some("sort=slowest")).unwrap_err();
+        assert!(
+            bad_sort.contains("total, count, p99, max or errors"),
+            "{bad_sort}"
+        );
+        for top in ["top=0", "top=-1", "top=x", "top"] {
+            assert!(parse_queries(Some(top)).unwrap_err().contains("`top`"));
+        }
+    }
 
     #[test]
     fn all_is_true_or_false() {

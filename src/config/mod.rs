@@ -314,6 +314,9 @@ pub struct WatchConfig {
     pub stall_ms: u64,
     /// Bound on distinct label sets in histograms; past it values fold into "other".
     pub max_series: usize,
+    /// Bound on rows of `/stats/queries` (distinct query shapes per
+    /// command, db and collection); past it samples fold into `other`.
+    pub max_shapes: usize,
     /// A cursor idle longer than this is reported as leaked (the server's
     /// own reaper uses 10 minutes).
     pub cursor_idle_ms: u64,
@@ -333,6 +336,7 @@ impl Default for WatchConfig {
             slow_ms: 100,
             stall_ms: 5_000,
             max_series: 1_000,
+            max_shapes: 1_000,
             cursor_idle_ms: 600_000,
             log_values: false,
             command_log: false,

@@ -54,6 +54,12 @@ fn invalid_values_say_what_to_do() {
         invalid("[watch]\nstall_ms = 0\n"),
         "invalid config: watch.stall_ms (or --stall-ms) must be at least 1"
     );
+    assert_eq!(
+        invalid("[watch]\nmax_shapes = 0\n"),
+        "invalid config: watch.max_shapes must be at least 1"
+    );
+    let shipped = Config::from_toml(include_str!("../../config.toml")).unwrap();
+    assert_eq!(shipped.watch.max_shapes, Config::default().watch.max_shapes);
 }
 
 #[test]

@@ -117,6 +117,9 @@ impl Config {
         if self.watch.max_series == 0 {
             return bad("watch.max_series must be at least 1".into());
         }
+        if self.watch.max_shapes == 0 {
+            return bad("watch.max_shapes must be at least 1".into());
+        }
         self.topology
             .validate(&self.proxy_addresses_given, &self.admin.listen)?;
         self.health.validate()

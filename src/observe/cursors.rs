@@ -14,6 +14,9 @@ pub struct CursorInfo {
     pub conn: u64,
     pub summary: Arc<CommandSummary>,
     pub meta: Arc<ClientMeta>,
+    /// The query shape that opened the cursor: its getMores' documents
+    /// count for it.
+    pub query: Option<Arc<crate::observe::queries::QueryShape>>,
     /// Tailable awaitData or change stream: getMores wait by design.
     pub awaiting: bool,
     pub batches: u64,
@@ -40,6 +43,13 @@ pub struct CursorRow {
     pub awaiting: bool,
 }
 
+/// The command summary, client and query shape that opened a cursor.
+pub type Opener = (
+    Arc<CommandSummary>,
+    Arc<ClientMeta>,
+    Arc<crate::observe::queries::QueryShape>,
+);
+
 #[derive(Default)]
 pub struct Cursors {
     table: DashMap<i64, CursorInfo>,
@@ -55,18 +65,23 @@ impl Cursors {
     }
 
     /// A getMore's reply: one more batch, and the cursor closes when the
-    /// server says id 0.
-    pub fn batch(&self, id: i64, docs: usize, exhausted: bool, now: Instant) {
+    /// server says id 0. Returns what opened the cursor when a query shape
+    /// did (not for cursors that wait by design), so the batch's documents
+    /// count for that shape.
+    pub fn batch(&self, id: i64, docs: usize, exhausted: bool, now: Instant) -> Option<Opener> {
+        let opener = |c: &CursorInfo| {
+            let query = c.query.as_ref().filter(|_| !c.awaiting)?;
+            Some((c.summary.clone(), c.meta.clone(), query.clone()))
+        };
         if exhausted {
-            self.table.remove(&id);
-            return;
+            return self.table.remove(&id).and_then(|(_, c)| opener(&c));
         }
-        if let Some(mut c) = self.table.get_mut(&id) {
-            c.batches += 1;
-            c.get_mores += 1;
-            c.documents += docs as u64;
-            c.last_activity = now;
-        }
+        let mut c = self.table.get_mut(&id)?;
+        c.batches += 1;
+        c.get_mores += 1;
+        c.documents += docs as u64;
+        c.last_activity = now;
+        opener(&c)
     }
 
     pub fn close(&self, id: i64) -> Option<CursorInfo> {

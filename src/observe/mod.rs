@@ -7,11 +7,12 @@
 
 pub mod compat;
 mod conn_capture;
-mod hello_rewrite;
 pub mod cursors;
 pub mod events;
+mod hello_rewrite;
 pub mod meta;
 mod observatory;
+pub mod queries;
 mod reply;
 mod request;
 pub mod stats;

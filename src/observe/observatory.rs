@@ -7,14 +7,15 @@ use crate::capture::Capture;
 use crate::config::{Config, WatchConfig};
 use crate::observe::cursors::Cursors;
 use crate::observe::meta::{ClientMeta, CommandSummary, Interner};
+use crate::observe::queries::ShapeTexts;
 use crate::observe::stats::Stats;
 use crate::observe::tracker::{RequestFacts, Tracker};
 use crate::settings::Settings;
+use crate::topology::ReplicaSet;
 use bson::RawDocumentBuf;
 use dashmap::DashMap;
 use mongotap_proto::rewrite::FieldChange;
 use mongotap_proto::CommandView;
-use crate::topology::ReplicaSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +101,8 @@ pub struct Observatory {
     /// that has the same one.
     pub summaries: Interner<CommandSummary>,
     pub clients: Interner<ClientMeta>,
+    /// Query shapes by hash, each built once for the whole process.
+    pub query_shapes: ShapeTexts,
     /// TLS and the rewrite rules: what SIGHUP replaces, read at use time.
     /// The request observer reads the rules from it for each command.
     pub settings: Settings,
@@ -132,7 +135,8 @@ impl Observatory {
             counters: Counters::default(),
             tracker: Tracker::default(),
             cursors: Cursors::default(),
-            stats: Stats::new(config.watch.max_series),
+            stats: Stats::new(config.watch.max_series).with_max_shapes(config.watch.max_shapes),
+            query_shapes: ShapeTexts::new(config.watch.max_shapes),
             summaries: Interner::new(INTERNED_MAX),
             clients: Interner::new(INTERNED_MAX),
             settings,

@@ -4,6 +4,7 @@
 use super::{ConnState, Observe};
 use crate::observe::cursors::CursorInfo;
 use crate::observe::events;
+use crate::observe::stats::Sample;
 use crate::observe::tracker::RequestFacts;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::message::{with_message, Message};
@@ -71,7 +72,12 @@ impl<'a> ReplyObserver<'a> {
         self.conn.slots.notify_waiters();
         let facts = p.facts();
         let elapsed = now.saturating_duration_since(facts.started);
-        self.track_cursor(facts, reply, now);
+        // Counted once, for the cursor table and the query shape.
+        let batch_len = match &*facts.summary.command {
+            "find" | "aggregate" | "getMore" => reply.batch_len(),
+            _ => 0,
+        };
+        self.track_cursor(facts, reply, batch_len, now);
         if let Some(hosts) = reply.hosts {
             events::warn_replica_set_hosts(obs, hosts);
         }
@@ -84,8 +90,20 @@ impl<'a> ReplyObserver<'a> {
         let error = reply.is_error();
         let micros = elapsed.as_micros() as u64;
         {
+            let docs = match &*facts.summary.command {
+                "count" => reply.n.unwrap_or(0).max(0) as u64,
+                _ => batch_len as u64,
+            };
+            let sample = Sample {
+                summary: &facts.summary,
+                meta: &facts.meta,
+                query: facts.query.as_ref(),
+                micros,
+                error,
+                docs,
+            };
             let mut samples = self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
-            samples.push(&facts.summary, &facts.meta, micros, error, now, &obs.stats);
+            samples.record(sample, now, &obs.stats);
         }
         if error {
             obs.counters.failed.fetch_add(1, Relaxed);
@@ -106,7 +124,13 @@ impl<'a> ReplyObserver<'a> {
         }
     }
 
-    fn track_cursor(&self, p: &RequestFacts, reply: &ReplyView<'_>, now: Instant) {
+    fn track_cursor(
+        &self,
+        p: &RequestFacts,
+        reply: &ReplyView<'_>,
+        batch_len: usize,
+        now: Instant,
+    ) {
         let cursors = &self.conn.obs.cursors;
         match &*p.summary.command {
             "find" | "aggregate" => {
@@ -117,9 +141,10 @@ impl<'a> ReplyObserver<'a> {
                             conn: p.conn,
                             summary: p.summary.clone(),
                             meta: p.meta.clone(),
+                            query: p.query.clone(),
                             awaiting: p.opens_awaiting_cursor,
                             batches: 1,
-                            documents: reply.batch_len() as u64,
+                            documents: batch_len as u64,
                             get_mores: 0,
                             opened: now,
                             last_activity: now,
@@ -130,7 +155,21 @@ impl<'a> ReplyObserver<'a> {
             "getMore" => {
                 if let Some(id) = p.cursor_id {
                     let exhausted = reply.cursor_id == Some(0) || reply.is_failure();
-                    cursors.batch(id, reply.batch_len(), exhausted, now);
+                    let opener = cursors.batch(id, batch_len, exhausted, now);
+                    // The documents count for the shape that opened it.
+                    if let Some((summary, meta, query)) = opener {
+                        let sample = Sample {
+                            summary: &summary,
+                            meta: &meta,
+                            query: Some(&query),
+                            micros: 0,
+                            error: false,
+                            docs: batch_len as u64,
+                        };
+                        let mut samples =
+                            self.conn.samples.lock().unwrap_or_else(|e| e.into_inner());
+                        samples.docs(sample, now, &self.conn.obs.stats);
+                    }
                 }
             }
             "killCursors" => {

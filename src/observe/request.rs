@@ -5,6 +5,7 @@ use super::{ConnState, Observe};
 use crate::config::RewriteMode;
 use crate::observe::events;
 use crate::observe::meta::{ClientMeta, SummaryCache};
+use crate::observe::queries::ShapeCache;
 use crate::observe::tracker::{Pending, RequestFacts};
 use bson::raw::RawBsonRef;
 use mongotap_proto::capture::Direction;
@@ -22,6 +23,7 @@ pub struct RequestObserver<'a> {
     meta: Arc<ClientMeta>,
     handshake_seen: bool,
     summaries: SummaryCache,
+    shapes: ShapeCache,
     /// When the frame being observed was complete: a command's start.
     received: Instant,
 }
@@ -33,6 +35,7 @@ impl<'a> RequestObserver<'a> {
             meta: Arc::new(ClientMeta::default()),
             handshake_seen: false,
             summaries: SummaryCache::default(),
+            shapes: ShapeCache::default(),
             received: Instant::now(),
         }
     }
@@ -41,6 +44,7 @@ impl<'a> RequestObserver<'a> {
         &mut self,
         request_id: i32,
         view: &CommandView<'_>,
+        sequences: &[op_msg::DocSequence<'_>],
         expects_reply: bool,
         db_fallback: &str,
         changes: &[FieldChange],
@@ -78,6 +82,12 @@ impl<'a> RequestObserver<'a> {
             || (view.name == "aggregate"
                 && summary.stages.first().map(|s| &**s) == Some("$changeStream"));
         let injected_max_time = changes.iter().any(|c| c.field == "maxTimeMS");
+        // Awaiting commands are kept out of latency, so out of shapes too.
+        let query = if awaiting {
+            None
+        } else {
+            self.shapes.get(view, sequences, &obs.query_shapes)
+        };
         let comment = view
             .comment
             .and_then(|c| render_comment(c, obs.watch.log_values));
@@ -102,6 +112,7 @@ impl<'a> RequestObserver<'a> {
                 })
                 .unwrap_or_default(),
             injected_max_time,
+            query,
             explain_body: obs.explain.as_ref().and_then(|e| e.body_for(view)),
         };
         let replaced = self.conn.inflight.insert(Pending::new(request_id, facts));
@@ -149,7 +160,7 @@ impl Observe for RequestObserver<'_> {
                     .capture_request(frame, &view, header.request_id, !more);
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
                 let changes = rewritten.as_ref().map_or(&[][..], |(_, c)| c);
-                self.command(header.request_id, &view, !more, "", changes);
+                self.command(header.request_id, &view, &msg.sequences, !more, "", changes);
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
@@ -157,7 +168,7 @@ impl Observe for RequestObserver<'_> {
                 self.conn
                     .capture_request(frame, &view, header.request_id, true);
                 self.note_legacy_rewrite(&view, q.db());
-                self.command(header.request_id, &view, true, q.db(), &[]);
+                self.command(header.request_id, &view, &[], true, q.db(), &[]);
                 Ok(None)
             }
             Message::Reply(_) => {

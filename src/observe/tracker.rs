@@ -38,6 +38,9 @@ pub struct RequestFacts {
     pub killed_cursors: Vec<i64>,
     /// maxTimeMS was injected by a rewrite rule.
     pub injected_max_time: bool,
+    /// The query shape (find, aggregate, count, distinct, update, delete,
+    /// findAndModify): latency, errors and documents are kept per shape.
+    pub query: Option<Arc<crate::observe::queries::QueryShape>>,
     /// A copy of a read-only aggregate's body, kept only when auto-explain
     /// is on, so the same pipeline can be explained.
     pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
@@ -297,6 +300,7 @@ impl RequestFacts {
             cursor_id: None,
             killed_cursors: Vec::new(),
             injected_max_time: false,
+            query: None,
             explain_body: None,
         }
     }

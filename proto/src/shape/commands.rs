@@ -20,6 +20,10 @@ use crate::command::{as_bool, as_i64, CommandView};
 use crate::op_msg::DocSequence;
 use bson::raw::{cstr, CStr, RawBsonRef, RawDocument};
 
+pub(crate) fn has_shape(name: &str) -> bool {
+    Command::from_name(name).is_some()
+}
+
 /// The commands that have a shape.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Command {

@@ -66,6 +66,12 @@ impl fmt::Display for ShapeHash {
     }
 }
 
+/// Whether `name` is a command with a shape (find, aggregate, count,
+/// distinct, update, delete, findAndModify): a check on the name alone.
+pub fn has_shape(name: &str) -> bool {
+    commands::has_shape(name)
+}
+
 /// The shape hash of a command, or `None` for a command without a shape
 /// (anything but find, aggregate, count, distinct, update, delete and
 /// findAndModify). `sequences` are the OP_MSG's document sequences (pass

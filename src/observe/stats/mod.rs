@@ -1,14 +1,21 @@
 //! Latency histograms per (command, db, collection, app, outcome) and per
 //! pipeline shape. Sessions buffer samples locally and merge them here in
 //! batches, so the forwarding path never waits on a shared lock per reply.
+//! The query-shape table (`/stats/queries`) is fed by the same batches.
 
-use crate::observe::meta::{ClientMeta, CommandSummary};
+mod buffer;
+mod queries;
+
+use buffer::Run;
+pub use buffer::{Sample, SampleBuffer};
+pub use queries::{QueryRow, QuerySort, QueryTable};
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Latencies are clamped to 1 µs .. 1 h before they are recorded.
 const HIST_MAX_US: u64 = 3_600_000_000;
@@ -53,15 +60,6 @@ pub struct ShapeKey {
 /// Marks an error in a buffered latency value (a latency never needs the
 /// top bit).
 const ERROR_BIT: u64 = 1 << 63;
-
-/// A run of buffered samples: the same command summary from the same
-/// client, `len` values in a row. A connection mostly repeats one command,
-/// so a batch is a few runs, and a sample costs 8 bytes and no refcount.
-struct Run {
-    summary: Arc<CommandSummary>,
-    meta: Arc<ClientMeta>,
-    len: usize,
-}
 
 /// Samples of one outcome (ok or error), counted exactly per Prometheus
 /// bucket (the last slot is +Inf).
@@ -145,13 +143,18 @@ pub type SeriesMap<K> = HashMap<K, Series, ahash::RandomState>;
 struct Inner {
     commands: SeriesMap<SeriesKey>,
     shapes: SeriesMap<ShapeKey>,
+    queries: queries::QueryTable,
 }
 
 pub struct Stats {
     inner: Mutex<Inner>,
     max_series: usize,
+    /// Rows of the query-shape table before samples fold into `other`.
+    max_shapes: usize,
     /// Samples whose labels were folded into "other".
     pub folded: AtomicU64,
+    /// Samples of query shapes folded into `other` at `max_shapes`.
+    pub queries_folded: AtomicU64,
 }
 
 /// One row of `/stats` (field names are a contract).
@@ -181,8 +184,15 @@ impl Stats {
         Stats {
             inner: Mutex::new(Inner::default()),
             max_series,
+            max_shapes: 1_000,
             folded: AtomicU64::new(0),
+            queries_folded: AtomicU64::new(0),
         }
+    }
+
+    /// The bound of the query-shape table (`watch.max_shapes`).
+    pub fn with_max_shapes(self, max_shapes: usize) -> Stats {
+        Stats { max_shapes, ..self }
     }
 
     /// Merges a batch of samples under one lock, one series lookup per run.
@@ -190,10 +200,26 @@ impl Stats {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
         let mut folded = 0;
+        let mut queries_folded = 0;
         let mut rest = values;
         for run in runs {
             let (samples, next) = rest.split_at(run.len.min(rest.len()));
             rest = next;
+            if let Some(shape) = &run.query {
+                let sample = queries::QuerySample {
+                    command: &run.summary.command,
+                    db: &run.summary.db,
+                    collection: &run.summary.collection,
+                    app: &run.meta.app,
+                    shape,
+                    values: samples,
+                    docs: run.docs,
+                };
+                queries_folded += inner.queries.record(sample, self.max_shapes);
+            }
+            if samples.is_empty() {
+                continue;
+            }
             let (key, was_folded) = self.command_key(&inner.commands, run, member);
             folded += u64::from(was_folded) * samples.len() as u64;
             let series = inner
@@ -222,6 +248,9 @@ impl Stats {
         }
         if folded > 0 {
             self.folded.fetch_add(folded, Relaxed);
+        }
+        if queries_folded > 0 {
+            self.queries_folded.fetch_add(queries_folded, Relaxed);
         }
     }
 
@@ -266,6 +295,17 @@ impl Stats {
     pub fn with_commands<T>(&self, f: impl FnOnce(&SeriesMap<SeriesKey>) -> T) -> T {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         f(&inner.commands)
+    }
+
+    /// Runs `f` over the query-shape table, under the lock (for /metrics).
+    pub fn with_queries<T>(&self, f: impl FnOnce(&QueryTable) -> T) -> T {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&inner.queries)
+    }
+
+    /// `/stats/queries`: the top `top` shapes by `sort`.
+    pub fn query_rows(&self, sort: QuerySort, top: usize) -> Vec<QueryRow> {
+        self.with_queries(|q| q.rows(sort, top))
     }
 
     pub fn command_rows(&self) -> Vec<StatsRow> {
@@ -322,84 +362,6 @@ fn row(labels: [(&str, &Arc<str>); 4], s: &Series) -> StatsRow {
         p99_us: s.quantile(0.99),
         p999_us: s.quantile(0.999),
         max_us: s.max_us,
-    }
-}
-
-/// A session's local sample buffer.
-pub struct SampleBuffer {
-    /// The replica-set member of the connection, in replica-set mode: a
-    /// label of every series this buffer records into.
-    member: Option<Arc<str>>,
-    runs: Vec<Run>,
-    /// Latencies in µs, with `ERROR_BIT` set for errors; `runs` says whose.
-    values: Vec<u64>,
-    oldest: Option<Instant>,
-}
-
-impl Default for SampleBuffer {
-    fn default() -> Self {
-        SampleBuffer {
-            member: None,
-            runs: Vec::new(),
-            values: Vec::with_capacity(FLUSH_SAMPLES),
-            oldest: None,
-        }
-    }
-}
-
-impl SampleBuffer {
-    /// Adds a sample; publishes the batch when it is full or old enough.
-    pub fn push(
-        &mut self,
-        summary: &Arc<CommandSummary>,
-        meta: &Arc<ClientMeta>,
-        micros: u64,
-        error: bool,
-        now: Instant,
-        stats: &Stats,
-    ) {
-        self.oldest.get_or_insert(now);
-        match self.runs.last_mut() {
-            Some(run) if Arc::ptr_eq(&run.summary, summary) && Arc::ptr_eq(&run.meta, meta) => {
-                run.len += 1
-            }
-            _ => self.runs.push(Run {
-                summary: summary.clone(),
-                meta: meta.clone(),
-                len: 1,
-            }),
-        }
-        let micros = micros.min(!ERROR_BIT);
-        self.values
-            .push(if error { micros | ERROR_BIT } else { micros });
-        if self.values.len() >= FLUSH_SAMPLES
-            || self
-                .oldest
-                .is_some_and(|t| now.duration_since(t) >= FLUSH_INTERVAL)
-        {
-            self.flush(stats);
-        }
-    }
-
-    pub fn flush(&mut self, stats: &Stats) {
-        if !self.values.is_empty() {
-            stats.merge(&self.runs, &self.values, self.member.as_ref());
-        }
-        self.runs.clear();
-        self.values.clear();
-        self.oldest = None;
-    }
-
-    /// A buffer whose series carry a `member` label (replica-set mode).
-    pub fn for_member(member: Option<Arc<str>>) -> Self {
-        SampleBuffer {
-            member,
-            ..SampleBuffer::default()
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
     }
 }
 

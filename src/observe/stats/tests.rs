@@ -1,6 +1,10 @@
 //! Unit tests of the latency series: what goes in must come out, value for value.
 
 use super::*;
+use crate::observe::meta::{ClientMeta, CommandSummary};
+use crate::observe::queries::QueryShape;
+use mongotap_proto::shape::ShapeHash;
+use std::time::Instant;
 
 fn summary(command: &str, shape: &str) -> Arc<CommandSummary> {
     Arc::new(CommandSummary {
@@ -229,4 +233,71 @@ fn series_memory_at_max_series() {
         );
         drop(stats);
     }
+}
+
+fn shape(hash: u64) -> Arc<QueryShape> {
+    Arc::new(QueryShape {
+        hash: ShapeHash(hash),
+        shape: serde_json::json!({ "n": hash }),
+    })
+}
+
+fn sample<'a>(
+    summary: &'a Arc<CommandSummary>,
+    meta: &'a Arc<ClientMeta>,
+    query: &'a Arc<QueryShape>,
+    micros: u64,
+    docs: u64,
+) -> Sample<'a> {
+    Sample {
+        summary,
+        meta,
+        query: Some(query),
+        micros,
+        error: micros == 0,
+        docs,
+    }
+}
+
+/// Per shape: the samples, errors, documents (getMore documents included)
+/// and apps that went in; past max_shapes, samples fold into `other` and
+/// each one is counted.
+#[test]
+fn query_shapes_keep_what_went_in_and_fold_past_the_bound() {
+    let stats = Stats::new(100).with_max_shapes(2);
+    let mut buf = SampleBuffer::default();
+    let now = Instant::now();
+    let find = summary("find", "");
+    let (a, b, c, d) = (shape(1), shape(2), shape(3), shape(4));
+    let apps: Vec<Arc<ClientMeta>> = (0..11).map(|i| meta(&format!("app{i}"))).collect();
+    for (i, app) in apps.iter().enumerate() {
+        buf.record(sample(&find, app, &a, 100 + i as u64, 3), now, &stats);
+    }
+    buf.record(sample(&find, &apps[0], &a, 0, 0), now, &stats);
+    buf.docs(sample(&find, &apps[0], &a, 0, 5), now, &stats);
+    buf.record(sample(&find, &apps[0], &b, 5_000, 1), now, &stats);
+    for _ in 0..3 {
+        buf.record(sample(&find, &apps[0], &c, 10, 0), now, &stats);
+    }
+    buf.record(sample(&find, &apps[0], &d, 10, 0), now, &stats);
+    buf.flush(&stats);
+    assert_eq!(stats.queries_folded.load(Relaxed), 4, "3 of c and 1 of d");
+    let rows = stats.query_rows(QuerySort::Count, 10);
+    let by_hash = |h: &str| rows.iter().find(|r| r.shape_hash == h).expect("row");
+    let ra = by_hash("0000000000000001");
+    assert_eq!((ra.count, ra.errors, ra.docs_returned), (12, 1, 11 * 3 + 5));
+    assert_eq!(ra.max_us, 110);
+    assert_eq!(ra.apps.len(), 9);
+    assert_eq!(ra.apps.last().map(String::as_str), Some("+3 more"));
+    assert_eq!(ra.shape, serde_json::json!({ "n": 1 }));
+    let other = by_hash("other");
+    assert_eq!(
+        (other.count, &*other.command, &other.shape),
+        (4, "other", &serde_json::Value::Null)
+    );
+    assert_eq!(rows.len(), 3);
+    // By total time b (5 ms) comes first; top cuts.
+    let top = stats.query_rows(QuerySort::Total, 1);
+    assert_eq!(top.len(), 1);
+    assert_eq!(top[0].shape_hash, "0000000000000002");
 }
