@@ -71,7 +71,10 @@ pub enum CliError {
     #[error("--ns {0:?} is not DB.COLLECTION")]
     Namespace(String),
     #[error("cannot read the pipeline from {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the pipeline is not JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("the pipeline is not extended JSON mongotap can turn into BSON: {0}")]
@@ -220,7 +223,10 @@ pub fn readable(r: &Report) -> String {
                 Severity::Warning => "! ",
                 Severity::Error => "!!",
             };
-            let stage = f.stage.as_deref().map_or(String::new(), |st| format!("{st}: "));
+            let stage = f
+                .stage
+                .as_deref()
+                .map_or(String::new(), |st| format!("{st}: "));
             let mut lines = f.message.lines();
             s.push_str(&format!("  {mark} {stage}{}\n", lines.next().unwrap_or("")));
             for l in lines {

@@ -42,22 +42,32 @@ pub async fn check(probe: &mut Probe, t: &Target, out: &mut Vec<Finding>) {
         Err(ProbeFailure::Upstream(_)) => Document::new(),
     };
     let Some(wire) = hello.get("maxWireVersion").and_then(as_i64) else {
-        out.push(Finding::new(CHECK, None, Severity::Info, "the server's hello has no maxWireVersion".into(), json!({})));
+        out.push(Finding::new(
+            CHECK,
+            None,
+            Severity::Info,
+            "the server's hello has no maxWireVersion".into(),
+            json!({}),
+        ));
         return;
     };
     let server = release(wire);
-    // FerretDB says so in buildInfo; it implements a subset of the stages.
-    let ferretdb = match probe.command(doc! { "buildInfo": 1, "$db": "admin" }).await {
-        Ok(r) => Document::try_from(r.as_ref())
-            .ok()
-            .and_then(|d| d.get_document("ferretdb").ok().map(|f| f.get_str("version").unwrap_or("").to_string())
-                .or_else(|| d.get_str("ferretdbVersion").ok().map(str::to_string))),
+    // FerretDB names itself and the stages it implements in buildInfo
+    // (`ferretdbVersion`, `ferretdbFeatures.aggregationStages`).
+    let build = match probe.command(doc! { "buildInfo": 1, "$db": "admin" }).await {
+        Ok(r) => Document::try_from(r.as_ref()).unwrap_or_default(),
         Err(ProbeFailure::TimedOut) => return,
-        Err(_) => None,
+        Err(_) => Document::new(),
     };
+    let ferretdb = build.get_str("ferretdbVersion").ok().map(str::to_string);
+    let implemented: Option<Vec<&str>> = build
+        .get_document("ferretdbFeatures")
+        .and_then(|f| f.get_array("aggregationStages"))
+        .ok()
+        .map(|a| a.iter().filter_map(Bson::as_str).collect());
     let mut evidence = json!({ "max_wire_version": wire, "server_release": server });
     if let Some(v) = &ferretdb {
-        evidence["ferretdb_version"] = Bson::String(v.clone()).into_relaxed_extjson();
+        evidence["ferretdb_version"] = json!(v);
     }
     match &t.driver {
         Some((name, version)) => {
@@ -101,27 +111,25 @@ pub async fn check(probe: &mut Probe, t: &Target, out: &mut Vec<Finding>) {
             }
         }
     }
-    if let Some(v) = ferretdb {
-        let unsupported: Vec<&str> = t
-            .stages
-            .iter()
-            .map(|s| s.name.as_str())
-            .filter(|n| FERRETDB_1_MISSING.contains(n))
-            .collect();
-        if !unsupported.is_empty() {
+    if let Some(implemented) = implemented {
+        let server = ferretdb.as_deref().unwrap_or("this server");
+        let mut missing: Vec<&str> = Vec::new();
+        for s in &t.stages {
+            if !implemented.contains(&s.name.as_str()) && !missing.contains(&s.name.as_str()) {
+                missing.push(&s.name);
+            }
+        }
+        if !missing.is_empty() {
             out.push(Finding::new(
                 CHECK,
                 None,
                 Severity::Error,
-                format!("the server is FerretDB {v}, which does not implement {}, whatever maxWireVersion it reports", unsupported.join(", ")),
-                json!({ "ferretdb_version": v, "unsupported_stages": unsupported }),
+                format!(
+                    "the server is FerretDB {server}, which does not implement {} (its buildInfo lists the stages it does), whatever maxWireVersion it reports",
+                    missing.join(", ")
+                ),
+                json!({ "ferretdb_version": ferretdb, "unsupported_stages": missing, "implemented_stages": implemented }),
             ));
         }
     }
 }
-
-/// Stages FerretDB 1.x answers with "not implemented".
-const FERRETDB_1_MISSING: &[&str] = &[
-    "$lookup", "$graphLookup", "$facet", "$bucket", "$bucketAuto", "$setWindowFields",
-    "$densify", "$fill", "$sample", "$unionWith", "$merge", "$out", "$redact", "$sortByCount",
-];

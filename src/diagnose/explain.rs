@@ -29,11 +29,18 @@ pub struct StageStats {
 pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec<Finding>) {
     let command = match RawDocumentBuf::try_from(&t.command)
         .map_err(|e| e.to_string())
-        .and_then(|raw| explain_command(&raw, &t.db, limits.explain_max_time_ms).map_err(|e| e.to_string()))
-    {
+        .and_then(|raw| {
+            explain_command(&raw, &t.db, limits.explain_max_time_ms).map_err(|e| e.to_string())
+        }) {
         Ok(c) => c,
         Err(e) => {
-            out.push(Finding::new(CHECK, None, Severity::Info, format!("cannot build the explain: {e}"), json!({})));
+            out.push(Finding::new(
+                CHECK,
+                None,
+                Severity::Info,
+                format!("cannot build the explain: {e}"),
+                json!({}),
+            ));
             return;
         }
     };
@@ -55,7 +62,9 @@ pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec
             return;
         }
     };
-    let Ok(doc) = Document::try_from(reply.as_ref()) else { return };
+    let Ok(doc) = Document::try_from(reply.as_ref()) else {
+        return;
+    };
     read(&doc, t, out);
 }
 
@@ -63,7 +72,11 @@ pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec
 pub fn read(reply: &Document, t: &Target, out: &mut Vec<Finding>) {
     let stats = stage_stats(reply);
     if stats.is_empty() {
-        let keys: Vec<&str> = reply.keys().map(String::as_str).filter(|k| !k.starts_with('$')).collect();
+        let keys: Vec<&str> = reply
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !k.starts_with('$'))
+            .collect();
         out.push(Finding::new(
             CHECK,
             None,
@@ -152,7 +165,9 @@ pub fn stage_stats(reply: &Document) -> Vec<StageStats> {
     let mut out = Vec::new();
     if let Ok(stages) = reply.get_array("stages") {
         for s in stages.iter().filter_map(Bson::as_document) {
-            let Some((name, body)) = s.iter().next() else { continue };
+            let Some((name, body)) = s.iter().next() else {
+                continue;
+            };
             let mut st = StageStats {
                 name: name.clone(),
                 n_returned: num(s, "nReturned"),
@@ -166,7 +181,10 @@ pub fn stage_stats(reply: &Document) -> Vec<StageStats> {
                     st.docs_examined = num(es, "totalDocsExamined");
                     st.keys_examined = num(es, "totalKeysExamined");
                 }
-                if let Ok(plan) = cursor.get_document("queryPlanner").and_then(|q| q.get_document("winningPlan")) {
+                if let Ok(plan) = cursor
+                    .get_document("queryPlanner")
+                    .and_then(|q| q.get_document("winningPlan"))
+                {
                     st.index_used = index_used(plan);
                 }
             }
@@ -203,9 +221,10 @@ fn walk<'a>(node: &'a Document, depth: usize, out: &mut Vec<&'a Document>) {
     out.push(node);
     for (k, v) in node {
         match (k.as_str(), v) {
-            ("inputStage" | "thenStage" | "elseStage" | "outerStage" | "innerStage", Bson::Document(c)) => {
-                walk(c, depth + 1, out)
-            }
+            (
+                "inputStage" | "thenStage" | "elseStage" | "outerStage" | "innerStage",
+                Bson::Document(c),
+            ) => walk(c, depth + 1, out),
             ("inputStages", Bson::Array(cs)) => {
                 for c in cs.iter().filter_map(Bson::as_document) {
                     walk(c, depth + 1, out);
@@ -220,8 +239,14 @@ fn walk<'a>(node: &'a Document, depth: usize, out: &mut Vec<&'a Document>) {
 fn index_used(plan: &Document) -> Option<bool> {
     let mut nodes = Vec::new();
     walk(plan, 0, &mut nodes);
-    let names: Vec<&str> = nodes.iter().filter_map(|n| n.get_str("stage").ok()).collect();
-    if names.iter().any(|n| *n == "IXSCAN" || *n == "IDHACK" || *n == "EXPRESS_IXSCAN") {
+    let names: Vec<&str> = nodes
+        .iter()
+        .filter_map(|n| n.get_str("stage").ok())
+        .collect();
+    if names
+        .iter()
+        .any(|n| *n == "IXSCAN" || *n == "IDHACK" || *n == "EXPRESS_IXSCAN")
+    {
         Some(true)
     } else if names.contains(&"COLLSCAN") {
         Some(false)

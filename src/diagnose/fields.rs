@@ -82,7 +82,11 @@ impl Sample {
 
     /// The types present, "missing" left out.
     pub fn present(&self) -> Vec<&'static str> {
-        self.types.keys().copied().filter(|t| *t != "missing").collect()
+        self.types
+            .keys()
+            .copied()
+            .filter(|t| *t != "missing")
+            .collect()
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -122,7 +126,9 @@ pub async fn sample(
         .map_err(|e| ProbeFailure::Upstream(unexpected(probe_addr(), &e.to_string())))?;
     for d in batch.into_iter().flatten() {
         let Some(d) = d.as_document() else { continue };
-        let Ok(d) = Document::try_from(d) else { continue };
+        let Ok(d) = Document::try_from(d) else {
+            continue;
+        };
         out.documents += 1;
         let ty = get_path(&d, path).map_or("missing", type_name);
         *out.types.entry(ty).or_default() += 1;
@@ -131,7 +137,11 @@ pub async fn sample(
 }
 
 /// The key patterns of `db.coll`'s indexes (field names in order).
-pub async fn index_keys(probe: &mut Probe, db: &str, coll: &str) -> Result<Vec<Vec<String>>, ProbeFailure> {
+pub async fn index_keys(
+    probe: &mut Probe,
+    db: &str,
+    coll: &str,
+) -> Result<Vec<Vec<String>>, ProbeFailure> {
     let reply = match probe.command(doc! { "listIndexes": coll, "$db": db }).await {
         Ok(r) => r,
         // NamespaceNotFound: no collection, so no index.
@@ -139,10 +149,18 @@ pub async fn index_keys(probe: &mut Probe, db: &str, coll: &str) -> Result<Vec<V
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    if let Ok(batch) = reply.get_document("cursor").and_then(|c| c.get_array("firstBatch")) {
+    if let Ok(batch) = reply
+        .get_document("cursor")
+        .and_then(|c| c.get_array("firstBatch"))
+    {
         for ix in batch.into_iter().flatten() {
             if let Some(key) = ix.as_document().and_then(|d| d.get_document("key").ok()) {
-                out.push(key.iter().flatten().map(|(k, _)| k.as_str().to_string()).collect());
+                out.push(
+                    key.iter()
+                        .flatten()
+                        .map(|(k, _)| k.as_str().to_string())
+                        .collect(),
+                );
             }
         }
     }
@@ -151,7 +169,9 @@ pub async fn index_keys(probe: &mut Probe, db: &str, coll: &str) -> Result<Vec<V
 
 /// Whether an index starts with `field`.
 pub fn indexed(indexes: &[Vec<String>], field: &str) -> bool {
-    indexes.iter().any(|k| k.first().is_some_and(|f| f == field))
+    indexes
+        .iter()
+        .any(|k| k.first().is_some_and(|f| f == field))
 }
 
 fn probe_addr() -> String {

@@ -9,7 +9,14 @@ use serde_json::json;
 const CHECK: &str = "guardrails";
 
 /// Stages that hold their whole input (or a window of it) in memory.
-const HEAVY: &[&str] = &["$group", "$bucket", "$bucketAuto", "$facet", "$setWindowFields", "$sortByCount"];
+const HEAVY: &[&str] = &[
+    "$group",
+    "$bucket",
+    "$bucketAuto",
+    "$facet",
+    "$setWindowFields",
+    "$sortByCount",
+];
 
 pub async fn check(probe: &mut Probe, t: &Target, out: &mut Vec<Finding>) {
     let mut heavy: Vec<&str> = Vec::new();
@@ -64,7 +71,11 @@ async fn sort_uses_index(probe: &mut Probe, t: &Target, index: usize) -> bool {
     if !t.stages[..index].iter().all(|s| s.name == "$match") {
         return false;
     }
-    let Some(first) = t.stages[index].body.as_document().and_then(|d| d.keys().next().cloned()) else {
+    let Some(first) = t.stages[index]
+        .body
+        .as_document()
+        .and_then(|d| d.keys().next().cloned())
+    else {
         return false;
     };
     match fields::index_keys(probe, &t.db, &t.collection).await {

@@ -48,7 +48,11 @@ pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec
                 CHECK,
                 Some(stage),
                 Severity::Info,
-                format!("could not sample the fields of {}: {}", stage.name, e.code_name().unwrap_or("error")),
+                format!(
+                    "could not sample the fields of {}: {}",
+                    stage.name,
+                    e.code_name().unwrap_or("error")
+                ),
                 json!({ "code": e.code(), "code_name": e.code_name() }),
             ));
         }
@@ -92,7 +96,9 @@ fn compare(
             Severity::Warning,
             format!(
                 "{} joins {lc}.{lf} ({}) to {fc}.{ff} ({}): only the shared types can match",
-                stage.name, describe(ls), describe(fs)
+                stage.name,
+                describe(ls),
+                describe(fs)
             ),
             evidence,
         ));
@@ -101,7 +107,12 @@ fn compare(
             CHECK,
             Some(stage),
             Severity::Info,
-            format!("{} joins {lc}.{lf} ({}) to {fc}.{ff} ({})", stage.name, describe(ls), describe(fs)),
+            format!(
+                "{} joins {lc}.{lf} ({}) to {fc}.{ff} ({})",
+                stage.name,
+                describe(ls),
+                describe(fs)
+            ),
             evidence,
         ));
     }
@@ -128,7 +139,9 @@ async fn lookup(
     out: &mut Vec<Finding>,
     joined: &mut Vec<(String, bool)>,
 ) -> Result<(), ProbeFailure> {
-    let Some(spec) = stage.body.as_document() else { return Ok(()) };
+    let Some(spec) = stage.body.as_document() else {
+        return Ok(());
+    };
     let as_field = spec.get_str("as").unwrap_or("").to_string();
     let (Ok(from), Ok(lf), Ok(ff)) = (
         from_coll(spec),
@@ -139,7 +152,8 @@ async fn lookup(
             CHECK,
             Some(stage),
             Severity::Info,
-            "$lookup with a sub-pipeline and no localField/foreignField: no join fields to compare".into(),
+            "$lookup with a sub-pipeline and no localField/foreignField: no join fields to compare"
+                .into(),
             json!({}),
         ));
         joined.push((as_field, false));
@@ -149,7 +163,13 @@ async fn lookup(
     let foreign = fields::sample(probe, &t.db, from, ff, limits.sample).await?;
     let indexes = fields::index_keys(probe, &t.db, from).await?;
     let indexed = ff == "_id" || fields::indexed(&indexes, ff);
-    let mismatch = compare(stage, (&t.collection, lf, &local), (from, ff, &foreign), indexed, out);
+    let mismatch = compare(
+        stage,
+        (&t.collection, lf, &local),
+        (from, ff, &foreign),
+        indexed,
+        out,
+    );
     joined.push((as_field, mismatch));
     Ok(())
 }
@@ -166,7 +186,9 @@ async fn graph_lookup(
     limits: &Limits,
     out: &mut Vec<Finding>,
 ) -> Result<(), ProbeFailure> {
-    let Some(spec) = stage.body.as_document() else { return Ok(()) };
+    let Some(spec) = stage.body.as_document() else {
+        return Ok(());
+    };
     let (Ok(from), Ok(to), Some(start)) = (
         spec.get_str("from"),
         spec.get_str("connectToField"),
@@ -178,7 +200,13 @@ async fn graph_lookup(
     let foreign = fields::sample(probe, &t.db, from, to, limits.sample).await?;
     let indexes = fields::index_keys(probe, &t.db, from).await?;
     let indexed = to == "_id" || fields::indexed(&indexes, to);
-    compare(stage, (&t.collection, start, &local), (from, to, &foreign), indexed, out);
+    compare(
+        stage,
+        (&t.collection, start, &local),
+        (from, to, &foreign),
+        indexed,
+        out,
+    );
     Ok(())
 }
 
@@ -265,23 +293,45 @@ async fn group(
     limits: &Limits,
     out: &mut Vec<Finding>,
 ) -> Result<(), ProbeFailure> {
-    let Some(id) = stage.body.as_document().and_then(|d| d.get("_id")) else { return Ok(()) };
+    let Some(id) = stage.body.as_document().and_then(|d| d.get("_id")) else {
+        return Ok(());
+    };
     let keys: Vec<&str> = match id {
         Bson::Document(d) => d.values().filter_map(field_ref).collect(),
         v => field_ref(v).into_iter().collect(),
     };
-    // Only the first stage's input is the collection itself.
-    if stage.index != 0 && !t.stages[..stage.index].iter().all(|s| s.name == "$match" || s.name == "$sort" || s.name == "$limit") {
-        if !keys.is_empty() {
-            out.push(Finding::new(
-                CHECK,
-                Some(stage),
-                Severity::Info,
-                format!("$group keys {keys:?} come from earlier stages' output: not sampled from {}", t.collection),
-                json!({ "keys": keys }),
-            ));
-        }
-        return Ok(());
+    // A key still holds the collection's own field when the stages before
+    // only filter, order, add a join's array or unwind another field.
+    let reshaped = |key: &str| {
+        t.stages[..stage.index]
+            .iter()
+            .any(|s| match s.name.as_str() {
+                "$match" | "$sort" | "$limit" | "$skip" => false,
+                "$lookup" | "$graphLookup" => s
+                    .body
+                    .as_document()
+                    .and_then(|d| d.get_str("as").ok())
+                    .is_none_or(|a| key == a || key.starts_with(&format!("{a}."))),
+                "$unwind" => match &s.body {
+                    Bson::Document(d) => d.get("path").and_then(field_ref),
+                    v => field_ref(v),
+                }
+                .is_none_or(|p| key == p || key.starts_with(&format!("{p}."))),
+                _ => true,
+            })
+    };
+    let (keys, derived): (Vec<&str>, Vec<&str>) = keys.into_iter().partition(|k| !reshaped(k));
+    if !derived.is_empty() {
+        out.push(Finding::new(
+            CHECK,
+            Some(stage),
+            Severity::Info,
+            format!(
+                "$group keys {derived:?} come from earlier stages' output: not sampled from {}",
+                t.collection
+            ),
+            json!({ "keys": derived }),
+        ));
     }
     for key in keys {
         let s = fields::sample(probe, &t.db, &t.collection, key, limits.sample).await?;
@@ -289,11 +339,19 @@ async fn group(
         out.push(Finding::new(
             CHECK,
             Some(stage),
-            if mixed { Severity::Warning } else { Severity::Info },
+            if mixed {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
             format!(
                 "$group key `{key}`: {}{}",
                 describe(&s),
-                if mixed { ": values of different types form different groups" } else { "" }
+                if mixed {
+                    ": values of different types form different groups"
+                } else {
+                    ""
+                }
             ),
             json!({ "key": key, "collection": t.collection, "sample": s.to_json() }),
         ));

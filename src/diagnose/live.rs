@@ -63,14 +63,25 @@ impl Drop for Running {
 }
 
 impl Diagnoser {
-    pub fn new(cfg: &DiagnoseConfig, explain: &ExplainConfig, upstream: &str, settings: Settings) -> Diagnoser {
+    pub fn new(
+        cfg: &DiagnoseConfig,
+        explain: &ExplainConfig,
+        upstream: &str,
+        settings: Settings,
+    ) -> Diagnoser {
         let credentials = match (&cfg.username, &cfg.password) {
-            (Some(u), Some(p)) => Some((u.clone(), p.clone(), cfg.auth_db.clone().unwrap_or_else(|| "admin".into()))),
+            (Some(u), Some(p)) => Some((
+                u.clone(),
+                p.clone(),
+                cfg.auth_db.clone().unwrap_or_else(|| "admin".into()),
+            )),
             _ => match (&explain.username, &explain.password) {
                 (Some(u), Some(p)) => Some((
                     u.clone(),
                     p.clone(),
-                    cfg.auth_db.clone().unwrap_or_else(|| explain.auth_db.clone()),
+                    cfg.auth_db
+                        .clone()
+                        .unwrap_or_else(|| explain.auth_db.clone()),
                 )),
                 _ => None,
             },
@@ -114,7 +125,8 @@ impl Inner {
     fn due(&self, key: ShapeKey, now: Instant) -> bool {
         let interval = Duration::from_millis(self.cfg.interval_ms);
         if self.last.len() > MAX_SHAPES {
-            self.last.retain(|_, at| now.saturating_duration_since(*at) < interval);
+            self.last
+                .retain(|_, at| now.saturating_duration_since(*at) < interval);
         }
         let mut fresh = true;
         self.last
@@ -161,11 +173,18 @@ impl AutoDiagnose for Diagnoser {
             return;
         }
         let s = &facts.summary;
-        if !inner.due((s.db.clone(), s.collection.clone(), s.shape.clone()), Instant::now()) {
+        if !inner.due(
+            (s.db.clone(), s.collection.clone(), s.shape.clone()),
+            Instant::now(),
+        ) {
             return;
         }
         let max = inner.cfg.max_running;
-        if inner.running.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).is_err() {
+        if inner
+            .running
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_err()
+        {
             let dropped_total = inner.dropped.fetch_add(1, Relaxed) + 1;
             command_event!(
                 debug,
@@ -228,13 +247,21 @@ async fn diagnose(inner: &Inner, job: &Job) -> Report {
     let mut target = match target {
         Ok(t) => t,
         Err(e) => {
-            findings.push(super::Finding::new("monitoring", None, Severity::Info, format!("cannot read the pipeline: {e}"), serde_json::json!({})));
+            findings.push(super::Finding::new(
+                "monitoring",
+                None,
+                Severity::Info,
+                format!("cannot read the pipeline: {e}"),
+                serde_json::json!({}),
+            ));
             return report(s, stages, findings);
         }
     };
     let m = &job.facts.meta;
     if !m.driver.is_empty() {
-        target.driver = Some((m.driver.to_string(), m.driver_version.to_string()));
+        // "PyMongo|c", "4.20.0|": the wrapper's part after '|' is not the driver's.
+        let first = |s: &str| s.split('|').next().unwrap_or("").trim().to_string();
+        target.driver = Some((first(&m.driver), first(&m.driver_version)));
     }
     let limits = Limits {
         probe_timeout_ms: inner.cfg.probe_timeout_ms,
@@ -243,8 +270,18 @@ async fn diagnose(inner: &Inner, job: &Job) -> Report {
     };
     let timeout = Duration::from_millis(inner.cfg.probe_timeout_ms);
     let settings = inner.settings.load_full();
-    let creds = inner.credentials.as_ref().map(|(u, p, d)| (u.as_str(), p.as_str(), d.as_str()));
-    match Probe::connect(&inner.upstream, settings.tls.connector.as_ref(), creds, timeout).await {
+    let creds = inner
+        .credentials
+        .as_ref()
+        .map(|(u, p, d)| (u.as_str(), p.as_str(), d.as_str()));
+    match Probe::connect(
+        &inner.upstream,
+        settings.tls.connector.as_ref(),
+        creds,
+        timeout,
+    )
+    .await
+    {
         Ok(probe) if probe.stalled() => findings.push(stall_finding(limits.probe_timeout_ms)),
         Ok(mut probe) => findings.extend(run_checks(&mut probe, &target, &limits).await),
         Err(e) => findings.push(super::Finding::new(
@@ -258,7 +295,11 @@ async fn diagnose(inner: &Inner, job: &Job) -> Report {
     report(s, stages, findings)
 }
 
-fn report(s: &crate::observe::meta::CommandSummary, stages: Vec<String>, findings: Vec<super::Finding>) -> Report {
+fn report(
+    s: &crate::observe::meta::CommandSummary,
+    stages: Vec<String>,
+    findings: Vec<super::Finding>,
+) -> Report {
     Report {
         namespace: format!("{}.{}", s.db, s.collection),
         stages,

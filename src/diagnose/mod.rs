@@ -28,7 +28,6 @@ use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
-
 /// Stages that write: never sent to the server, not even inside explain.
 pub const WRITE_STAGES: &[&str] = &["$out", "$merge"];
 
@@ -57,7 +56,13 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(check: &'static str, stage: Option<&Stage>, severity: Severity, message: String, evidence: Value) -> Self {
+    fn new(
+        check: &'static str,
+        stage: Option<&Stage>,
+        severity: Severity,
+        message: String,
+        evidence: Value,
+    ) -> Self {
         let mut evidence = evidence;
         if let (Some(s), Value::Object(map)) = (stage, &mut evidence) {
             map.insert("stage_index".into(), s.index.into());
@@ -155,7 +160,9 @@ impl Target {
     }
 
     fn writes(&self) -> Option<&Stage> {
-        self.stages.iter().find(|s| WRITE_STAGES.contains(&s.name.as_str()))
+        self.stages
+            .iter()
+            .find(|s| WRITE_STAGES.contains(&s.name.as_str()))
     }
 }
 
@@ -200,8 +207,19 @@ pub async fn run_checks(probe: &mut Probe, target: &Target, limits: &Limits) -> 
     if let Some(ms) = probe.timed_out_ms() {
         out.push(stall_finding(ms));
     }
+    // In checklist order (the sort is stable: each check's order stays).
+    out.sort_by_key(|f| CHECKS.iter().position(|c| *c == f.check));
     out
 }
+
+/// The checks' names, in the checklist's order.
+pub const CHECKS: [&str; 5] = [
+    "monitoring",
+    "explain",
+    "join_types",
+    "driver_server",
+    "guardrails",
+];
 
 /// What a probe that got no answer says.
 pub fn stall_finding(ms: u64) -> Finding {

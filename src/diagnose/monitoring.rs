@@ -19,19 +19,31 @@ pub struct Facts {
 
 pub fn finding(f: &Facts) -> Finding {
     let state = match (&f.code, f.stalled) {
-        (Some(code), _) => format!("failed after {} ms with {code} {}", f.elapsed_ms, f.code_name.as_deref().unwrap_or("")),
+        (Some(code), _) => format!(
+            "failed after {} ms with {code} {}",
+            f.elapsed_ms,
+            f.code_name.as_deref().unwrap_or("")
+        ),
         (None, true) => format!("has had no reply for {} ms (stalled)", f.elapsed_ms),
         (None, false) => format!("took {} ms", f.elapsed_ms),
     };
     Finding::new(
         "monitoring",
         None,
-        if f.code.is_some() || f.stalled { Severity::Error } else { Severity::Warning },
+        if f.code.is_some() || f.stalled {
+            Severity::Error
+        } else {
+            Severity::Warning
+        },
         format!(
             "{} from app {:?} ({}) {state}",
             f.command,
             f.app,
-            if f.driver.is_empty() { "driver unknown" } else { &f.driver }
+            if f.driver.is_empty() {
+                "driver unknown"
+            } else {
+                &f.driver
+            }
         ),
         json!({
             "command": f.command, "app": f.app, "driver": f.driver, "elapsed_ms": f.elapsed_ms,

@@ -68,15 +68,19 @@ impl Probe {
 
     /// Sends `body` (which carries `$db`) and returns the reply.
     pub async fn command(&mut self, body: Document) -> Result<RawDocumentBuf, ProbeFailure> {
-        let raw = RawDocumentBuf::try_from(&body)
-            .map_err(|e| ProbeFailure::Upstream(ClientError::Unexpected {
+        let raw = RawDocumentBuf::try_from(&body).map_err(|e| {
+            ProbeFailure::Upstream(ClientError::Unexpected {
                 addr: String::new(),
                 what: format!("cannot encode the probe: {e}"),
-            }))?;
+            })
+        })?;
         self.raw_command(&raw).await
     }
 
-    pub async fn raw_command(&mut self, body: &RawDocumentBuf) -> Result<RawDocumentBuf, ProbeFailure> {
+    pub async fn raw_command(
+        &mut self,
+        body: &RawDocumentBuf,
+    ) -> Result<RawDocumentBuf, ProbeFailure> {
         if self.timed_out {
             return Err(ProbeFailure::TimedOut);
         }

@@ -101,9 +101,10 @@ impl<'a> ReplyObserver<'a> {
         if let (Some(d), Some(_)) = (&obs.diagnose, &facts.diagnose) {
             let error = error.then(|| {
                 let code = reply.code.unwrap_or(0);
-                let name = reply
-                    .code_name
-                    .map_or_else(|| mongotap_proto::reply::code_name(code).to_string(), str::to_string);
+                let name = reply.code_name.map_or_else(
+                    || mongotap_proto::reply::code_name(code).to_string(),
+                    str::to_string,
+                );
                 (code, name)
             });
             let elapsed_ms = elapsed.as_millis() as u64;
