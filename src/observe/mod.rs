@@ -7,9 +7,9 @@
 
 pub mod compat;
 mod conn_capture;
+mod hello_rewrite;
 pub mod cursors;
 pub mod events;
-mod hello_rewrite;
 pub mod meta;
 mod observatory;
 mod reply;
@@ -17,9 +17,7 @@ mod request;
 pub mod stats;
 pub mod tracker;
 
-pub use observatory::{
-    AutoDiagnose, AutoExplain, DiagnoseSlot, Observatory, RewriteCounts, Trigger,
-};
+pub use observatory::{AutoDiagnose, AutoExplain, DiagnoseSlot, Observatory, RewriteCounts, Trigger};
 pub use reply::ReplyObserver;
 pub use request::RequestObserver;
 

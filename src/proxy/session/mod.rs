@@ -72,13 +72,7 @@ pub async fn run(
             }
         },
     };
-    let (upstream_read, upstream_write) = match tls_io::connect_upstream(
-        &shared,
-        tls,
-        id.member.as_deref(),
-    )
-    .await
-    {
+    let (upstream_read, upstream_write) = match tls_io::connect_upstream(&shared, tls, id.member.as_deref()).await {
         Ok(halves) => halves,
         Err(e) => {
             shared
