@@ -60,7 +60,6 @@ pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec
 }
 
 /// Compares the two sides of a join and says what it found.
-#[allow(clippy::too_many_arguments)]
 fn compare(
     stage: &Stage,
     local: (&str, &str, &Sample),

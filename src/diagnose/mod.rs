@@ -231,3 +231,6 @@ pub fn stall_finding(ms: u64) -> Finding {
         serde_json::json!({ "probe_timeout_ms": ms, "probe_timed_out": true }),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -63,7 +63,7 @@ impl Probe {
 
     /// The timeout in ms, when a probe hit it.
     pub fn timed_out_ms(&self) -> Option<u64> {
-        self.timed_out.then(|| self.timeout.as_millis() as u64)
+        self.timed_out.then_some(self.timeout.as_millis() as u64)
     }
 
     /// Sends `body` (which carries `$db`) and returns the reply.
