@@ -431,6 +431,17 @@ async fn explain_names_the_slow_stage_and_never_sends_a_write_stage() {
         up.received().iter().any(|r| r.name() == "explain"),
         "the read-only pipeline was explained"
     );
+    let upstream = up.addr.to_string();
+    let p = format!(r#"[{{"$match": {{"name": "{SECRET}"}}}}, {{"$group": {{"_id": "$g", "n": {{"$sum": 1}}}}}}]"#);
+    let text = tokio::task::spawn_blocking(move || {
+        run_cli(&["--upstream", &upstream, "--ns", "shop.orders", "--pipeline", &p])
+    })
+    .await
+    .unwrap();
+    println!("{text}");
+    let own = EXPLAIN.group_ms - EXPLAIN.cursor_ms;
+    let want = format!("the time goes in $group: {own} of {} ms", EXPLAIN.group_ms);
+    assert!(text.contains(&want) && !text.contains(SECRET), "{text}");
 
     // With $out or $merge, nothing but reads goes out.
     for write in [r#"{"$out": "copy"}"#, r#"{"$merge": {"into": "copy"}}"#] {

@@ -223,10 +223,11 @@ pub fn readable(r: &Report) -> String {
                 Severity::Warning => "! ",
                 Severity::Error => "!!",
             };
-            let stage = f
-                .stage
-                .as_deref()
-                .map_or(String::new(), |st| format!("{st}: "));
+            // "$lookup joins ..." names its stage already.
+            let stage = match f.stage.as_deref() {
+                Some(st) if !f.message.starts_with(st) => format!("{st}: "),
+                _ => String::new(),
+            };
             let mut lines = f.message.lines();
             s.push_str(&format!("  {mark} {stage}{}\n", lines.next().unwrap_or("")));
             for l in lines {
