@@ -53,13 +53,19 @@ pub async fn check(probe: &mut Probe, t: &Target, out: &mut Vec<Finding>) {
             json!({ "maxTimeMS": t.max_time_ms }),
         ));
     }
-    if (!heavy.is_empty() && !disk) || t.max_time_ms.is_none_or(|ms| ms <= 0) {
-        let rule = rule(t, !heavy.is_empty() && !disk);
+    let (no_disk, no_time) = (!heavy.is_empty() && !disk, t.max_time_ms.is_none_or(|ms| ms <= 0));
+    if no_disk || no_time {
+        let rule = rule(t, no_disk);
+        let what = match (no_time, no_disk) {
+            (true, true) => "maxTimeMS and allowDiskUse",
+            (true, false) => "maxTimeMS",
+            _ => "allowDiskUse",
+        };
         out.push(Finding::new(
             CHECK,
             None,
             Severity::Info,
-            format!("this rule (with [rewrite] mode = \"enforce\") sets them for every such aggregate:\n{rule}"),
+            format!("this rule (with [rewrite] mode = \"enforce\") sets {what} for every such aggregate:\n{rule}"),
             json!({ "rewrite_rule": rule }),
         ));
     }

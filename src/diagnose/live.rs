@@ -313,7 +313,9 @@ fn done(job: &Job, report: Report) {
     let problems: Vec<&str> = report
         .findings
         .iter()
-        .filter(|f| f.severity != Severity::Info && f.check != "monitoring")
+        // The first finding restates the event's own facts.
+        .skip(1)
+        .filter(|f| f.severity != Severity::Info)
         .map(|f| f.message.as_str())
         .collect();
     let s = &job.facts.summary;
