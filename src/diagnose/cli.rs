@@ -3,14 +3,11 @@
 //! Exits 0 whenever the checks could run, problems found or not.
 
 use super::probe::Probe;
-use super::{monitoring, run_checks, stall_finding, Limits, Report, Severity, Target};
+use super::{run_checks, stall_finding, DiagnoseError, Limits, Report, Severity, Target};
 use crate::config::TlsUpstreamSide;
-use crate::mongo_client::ClientError;
-use crate::settings::tls::{self, TlsError};
+use crate::settings::tls;
 use bson::{doc, Bson, Document};
-use std::path::PathBuf;
 use std::time::Duration;
-use thiserror::Error;
 
 #[derive(clap::Args)]
 pub struct DiagnoseArgs {
@@ -66,63 +63,33 @@ pub struct DiagnoseArgs {
     sample: i64,
 }
 
-#[derive(Debug, Error)]
-pub enum CliError {
-    #[error("--ns {0:?} is not DB.COLLECTION")]
-    Namespace(String),
-    #[error("cannot read the pipeline from {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the pipeline is not JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("the pipeline is not extended JSON mongotap can turn into BSON: {0}")]
-    ExtJson(#[from] bson::error::Error),
-    #[error("the pipeline must be an array of stages or an aggregate command document")]
-    NotAPipeline,
-    #[error("--driver {0:?} is not \"NAME VERSION\"")]
-    Driver(String),
-    #[error(transparent)]
-    Target(#[from] super::DiagnoseError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Upstream(#[from] ClientError),
-    #[error("cannot start the tokio runtime: {0}")]
-    Runtime(std::io::Error),
-    #[error("cannot write to stdout: {0}")]
-    Stdout(std::io::Error),
-    #[error("cannot render the report as JSON: {0}")]
-    Render(serde_json::Error),
-}
 
-pub fn run(args: &DiagnoseArgs) -> Result<(), CliError> {
+pub fn run(args: &DiagnoseArgs) -> Result<(), DiagnoseError> {
     let target = args.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(CliError::Runtime)?;
+        .map_err(DiagnoseError::Runtime)?;
     let report = runtime.block_on(diagnose(args, &target))?;
     let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&report).map_err(CliError::Render)?;
+        let mut s = serde_json::to_string_pretty(&report).map_err(DiagnoseError::Render)?;
         s.push('\n');
         s
     } else {
         readable(&report)
     };
-    crate::stdout::print(&text).map_err(CliError::Stdout)
+    crate::stdout::print(&text).map_err(DiagnoseError::Stdout)
 }
 
 impl DiagnoseArgs {
-    fn target(&self) -> Result<Target, CliError> {
+    fn target(&self) -> Result<Target, DiagnoseError> {
         let (db, coll) = self
             .ns
             .split_once('.')
             .filter(|(d, c)| !d.is_empty() && !c.is_empty())
-            .ok_or_else(|| CliError::Namespace(self.ns.clone()))?;
+            .ok_or_else(|| DiagnoseError::Namespace(self.ns.clone()))?;
         let text = match self.pipeline.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| CliError::ReadFile {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| DiagnoseError::ReadFile {
                 path: path.into(),
                 source,
             })?,
@@ -135,7 +102,7 @@ impl DiagnoseArgs {
                 d.insert("aggregate", coll);
                 d
             }
-            _ => return Err(CliError::NotAPipeline),
+            _ => return Err(DiagnoseError::NotAPipeline),
         };
         let command = put_first(command, "aggregate");
         let mut target = Target::from_command(command, db)?;
@@ -143,7 +110,7 @@ impl DiagnoseArgs {
             let (name, version) = d
                 .trim()
                 .rsplit_once(' ')
-                .ok_or_else(|| CliError::Driver(d.clone()))?;
+                .ok_or_else(|| DiagnoseError::Driver(d.clone()))?;
             target.driver = Some((name.trim().to_string(), version.to_string()));
         }
         Ok(target)
@@ -164,7 +131,7 @@ fn put_first(d: Document, key: &str) -> Document {
     out
 }
 
-async fn diagnose(args: &DiagnoseArgs, target: &Target) -> Result<Report, CliError> {
+async fn diagnose(args: &DiagnoseArgs, target: &Target) -> Result<Report, DiagnoseError> {
     let tls = if args.tls || args.tls_ca.is_some() {
         let side = TlsUpstreamSide {
             ca: args.tls_ca.clone(),
@@ -193,7 +160,6 @@ async fn diagnose(args: &DiagnoseArgs, target: &Target) -> Result<Report, CliErr
     } else {
         findings = run_checks(&mut probe, target, &limits).await;
     }
-    let _ = monitoring::finding;
     Ok(Report {
         namespace: format!("{}.{}", target.db, target.collection),
         stages: target.stage_names(),

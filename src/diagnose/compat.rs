@@ -3,7 +3,8 @@
 //! `observe::compat`), and the stages that need a newer server.
 
 use super::fields::as_i64;
-use super::probe::{Probe, ProbeFailure};
+use super::probe::Probe;
+use super::DiagnoseError;
 use super::{Finding, Severity, Target};
 use crate::observe::compat::too_old;
 use bson::{doc, Bson, Document};
@@ -38,8 +39,8 @@ fn release(wire: i64) -> &'static str {
 pub async fn check(probe: &mut Probe, t: &Target, out: &mut Vec<Finding>) {
     let hello = match probe.command(doc! { "hello": 1, "$db": "admin" }).await {
         Ok(r) => Document::try_from(r.as_ref()).unwrap_or_default(),
-        Err(ProbeFailure::TimedOut) => return,
-        Err(ProbeFailure::Upstream(_)) => Document::new(),
+        Err(DiagnoseError::ProbeTimedOut { .. }) => return,
+        Err(_) => Document::new(),
     };
     let Some(wire) = hello.get("maxWireVersion").and_then(as_i64) else {
         out.push(Finding::new(
@@ -56,7 +57,7 @@ pub async fn check(probe: &mut Probe, t: &Target, out: &mut Vec<Finding>) {
     // (`ferretdbVersion`, `ferretdbFeatures.aggregationStages`).
     let build = match probe.command(doc! { "buildInfo": 1, "$db": "admin" }).await {
         Ok(r) => Document::try_from(r.as_ref()).unwrap_or_default(),
-        Err(ProbeFailure::TimedOut) => return,
+        Err(DiagnoseError::ProbeTimedOut { .. }) => return,
         Err(_) => Document::new(),
     };
     let ferretdb = build.get_str("ferretdbVersion").ok().map(str::to_string);

@@ -5,7 +5,8 @@
 //! plan), the finding says so.
 
 use super::fields::as_i64;
-use super::probe::{Probe, ProbeFailure};
+use super::probe::Probe;
+use super::DiagnoseError;
 use super::{Finding, Limits, Severity, Stage, Target};
 use crate::background::explain::explain_command;
 use bson::{Bson, Document, RawDocumentBuf};
@@ -46,8 +47,7 @@ pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec
     };
     let reply = match probe.raw_command(&command).await {
         Ok(r) => r,
-        Err(ProbeFailure::TimedOut) => return,
-        Err(ProbeFailure::Upstream(e)) => {
+        Err(DiagnoseError::Upstream(e)) => {
             out.push(Finding::new(
                 CHECK,
                 None,
@@ -61,6 +61,8 @@ pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec
             ));
             return;
         }
+        // A timeout: the stall finding says it once for every probe.
+        Err(_) => return,
     };
     let Ok(doc) = Document::try_from(reply.as_ref()) else {
         return;

@@ -2,7 +2,8 @@
 //! counting the BSON types found (and documents lacking it). Only type
 //! names and counts leave this module.
 
-use super::probe::{Probe, ProbeFailure};
+use super::probe::Probe;
+use super::DiagnoseError;
 use bson::{doc, Bson, Document};
 use std::collections::BTreeMap;
 
@@ -102,7 +103,7 @@ pub async fn sample(
     coll: &str,
     path: &str,
     limit: i64,
-) -> Result<Sample, ProbeFailure> {
+) -> Result<Sample, DiagnoseError> {
     let mut projection = Document::new();
     projection.insert(path, 1);
     if path != "_id" && !path.starts_with("_id.") {
@@ -123,7 +124,7 @@ pub async fn sample(
     let batch = reply
         .get_document("cursor")
         .and_then(|c| c.get_array("firstBatch"))
-        .map_err(|e| ProbeFailure::Upstream(unexpected(probe_addr(), &e.to_string())))?;
+        .map_err(DiagnoseError::Bson)?;
     for d in batch.into_iter().flatten() {
         let Some(d) = d.as_document() else { continue };
         let Ok(d) = Document::try_from(d) else {
@@ -141,11 +142,11 @@ pub async fn index_keys(
     probe: &mut Probe,
     db: &str,
     coll: &str,
-) -> Result<Vec<Vec<String>>, ProbeFailure> {
+) -> Result<Vec<Vec<String>>, DiagnoseError> {
     let reply = match probe.command(doc! { "listIndexes": coll, "$db": db }).await {
         Ok(r) => r,
         // NamespaceNotFound: no collection, so no index.
-        Err(ProbeFailure::Upstream(e)) if e.code() == Some(26) => return Ok(Vec::new()),
+        Err(DiagnoseError::Upstream(e)) if e.code() == Some(26) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
@@ -172,15 +173,4 @@ pub fn indexed(indexes: &[Vec<String>], field: &str) -> bool {
     indexes
         .iter()
         .any(|k| k.first().is_some_and(|f| f == field))
-}
-
-fn probe_addr() -> String {
-    "upstream".into()
-}
-
-fn unexpected(addr: String, what: &str) -> crate::mongo_client::ClientError {
-    crate::mongo_client::ClientError::Unexpected {
-        addr,
-        what: format!("a find reply without cursor.firstBatch: {what}"),
-    }
 }

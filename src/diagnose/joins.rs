@@ -4,7 +4,8 @@
 //! that lack its field; `$group` keys are given with their types.
 
 use super::fields::{self, field_ref, Sample};
-use super::probe::{Probe, ProbeFailure};
+use super::probe::Probe;
+use super::DiagnoseError;
 use super::{Finding, Limits, Severity, Stage, Target};
 use bson::{Bson, Document};
 use serde_json::json;
@@ -43,7 +44,7 @@ pub async fn check(probe: &mut Probe, t: &Target, limits: &Limits, out: &mut Vec
             "$group" => group(probe, t, stage, limits, out).await,
             _ => Ok(()),
         };
-        if let Err(ProbeFailure::Upstream(e)) = r {
+        if let Err(DiagnoseError::Upstream(e)) = r {
             out.push(Finding::new(
                 CHECK,
                 Some(stage),
@@ -137,7 +138,7 @@ async fn lookup(
     limits: &Limits,
     out: &mut Vec<Finding>,
     joined: &mut Vec<(String, bool)>,
-) -> Result<(), ProbeFailure> {
+) -> Result<(), DiagnoseError> {
     let Some(spec) = stage.body.as_document() else {
         return Ok(());
     };
@@ -184,7 +185,7 @@ async fn graph_lookup(
     stage: &Stage,
     limits: &Limits,
     out: &mut Vec<Finding>,
-) -> Result<(), ProbeFailure> {
+) -> Result<(), DiagnoseError> {
     let Some(spec) = stage.body.as_document() else {
         return Ok(());
     };
@@ -216,7 +217,7 @@ async fn unwind(
     limits: &Limits,
     out: &mut Vec<Finding>,
     joined: &[(String, bool)],
-) -> Result<(), ProbeFailure> {
+) -> Result<(), DiagnoseError> {
     let (path, preserve) = match &stage.body {
         Bson::Document(d) => (
             d.get("path").and_then(field_ref),
@@ -291,7 +292,7 @@ async fn group(
     stage: &Stage,
     limits: &Limits,
     out: &mut Vec<Finding>,
-) -> Result<(), ProbeFailure> {
+) -> Result<(), DiagnoseError> {
     let Some(id) = stage.body.as_document().and_then(|d| d.get("_id")) else {
         return Ok(());
     };

@@ -108,6 +108,8 @@ pub struct Target {
     pub driver: Option<(String, String)>,
 }
 
+/// What stops a diagnosis or one of its probes. Every probe failure
+/// becomes a finding; the rest end `mongotap diagnose` with an error.
 #[derive(Debug, Error)]
 pub enum DiagnoseError {
     #[error("the aggregate has no `pipeline` array")]
@@ -116,10 +118,36 @@ pub enum DiagnoseError {
     BadStage(usize),
     #[error("the aggregate names no collection (`aggregate: 1` pipelines cannot be sampled)")]
     NoCollection,
-    #[error("the aggregate's body cannot be read: {0}")]
-    Body(#[from] bson::error::Error),
+    #[error("the pipeline must be an array of stages or an aggregate command document")]
+    NotAPipeline,
+    #[error("--ns {0:?} is not DB.COLLECTION")]
+    Namespace(String),
+    #[error("--driver {0:?} is not \"NAME VERSION\"")]
+    Driver(String),
+    #[error("cannot read the pipeline from {path}: {source}")]
+    ReadFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the pipeline is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Extended JSON that is not BSON, or an aggregate body that is not.
+    #[error("the pipeline cannot be read as BSON: {0}")]
+    Bson(#[from] bson::error::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::settings::tls::TlsError),
+    /// The server answered with an error, or the connection failed.
     #[error(transparent)]
     Upstream(#[from] ClientError),
+    /// No answer within the probe timeout (now, or on an earlier probe).
+    #[error("the server did not answer within {ms} ms")]
+    ProbeTimedOut { ms: u64 },
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+    #[error("cannot render the report as JSON: {0}")]
+    Render(serde_json::Error),
 }
 
 impl Target {

@@ -3,6 +3,7 @@
 //! request is mid-flight on it) and every later probe is skipped: a server
 //! that did not answer a `find` with a limit will not answer the next one.
 
+use super::DiagnoseError;
 use crate::mongo_client::{ClientError, TlsUpstream, UpstreamClient};
 use bson::{Document, RawDocumentBuf};
 use std::time::Duration;
@@ -12,18 +13,8 @@ pub struct Probe {
     timeout: Duration,
     /// Set once a probe got no answer within `timeout`.
     timed_out: bool,
-    /// Commands sent, by name, in order (for tests and the report).
-    pub sent: Vec<String>,
 }
 
-/// Why a probe has no answer.
-#[derive(Debug)]
-pub enum ProbeFailure {
-    /// No answer within the timeout (now or on an earlier probe).
-    TimedOut,
-    /// The server answered with an error, or the connection failed.
-    Upstream(ClientError),
-}
 
 impl Probe {
     /// Connects (TLS, hello, SCRAM when `credentials` are given), all within
@@ -39,7 +30,6 @@ impl Probe {
             client: None,
             timeout,
             timed_out: false,
-            sent: Vec::new(),
         };
         let connected = tokio::time::timeout(timeout, async {
             let mut c = UpstreamClient::connect_as(addr, timeout, tls, "mongotap-diagnose").await?;
@@ -66,39 +56,34 @@ impl Probe {
         self.timed_out.then_some(self.timeout.as_millis() as u64)
     }
 
+    fn timed_out_error(&self) -> DiagnoseError {
+        DiagnoseError::ProbeTimedOut {
+            ms: self.timeout.as_millis() as u64,
+        }
+    }
+
     /// Sends `body` (which carries `$db`) and returns the reply.
-    pub async fn command(&mut self, body: Document) -> Result<RawDocumentBuf, ProbeFailure> {
-        let raw = RawDocumentBuf::try_from(&body).map_err(|e| {
-            ProbeFailure::Upstream(ClientError::Unexpected {
-                addr: String::new(),
-                what: format!("cannot encode the probe: {e}"),
-            })
-        })?;
+    pub async fn command(&mut self, body: Document) -> Result<RawDocumentBuf, DiagnoseError> {
+        let raw = RawDocumentBuf::try_from(&body)?;
         self.raw_command(&raw).await
     }
 
     pub async fn raw_command(
         &mut self,
         body: &RawDocumentBuf,
-    ) -> Result<RawDocumentBuf, ProbeFailure> {
+    ) -> Result<RawDocumentBuf, DiagnoseError> {
         if self.timed_out {
-            return Err(ProbeFailure::TimedOut);
+            return Err(self.timed_out_error());
         }
         let Some(client) = self.client.as_mut() else {
-            return Err(ProbeFailure::TimedOut);
+            return Err(self.timed_out_error());
         };
-        let name = body
-            .iter()
-            .next()
-            .and_then(|r| r.ok())
-            .map_or(String::new(), |(k, _)| k.as_str().to_string());
-        self.sent.push(name);
         match tokio::time::timeout(self.timeout, client.command(body)).await {
-            Ok(r) => r.map_err(ProbeFailure::Upstream),
+            Ok(r) => r.map_err(DiagnoseError::Upstream),
             Err(_) => {
                 self.timed_out = true;
                 self.client = None;
-                Err(ProbeFailure::TimedOut)
+                Err(self.timed_out_error())
             }
         }
     }
