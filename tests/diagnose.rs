@@ -19,7 +19,7 @@ mod support;
 use bson::rawdoc;
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use mongodb::Client;
-use scripted::{hello_reply_doc, reply, Received, Scripted, Step};
+use scripted::{hello_reply_doc, reply, RawClient, Received, Scripted, Step};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -370,6 +370,10 @@ fn mongodb7(req: &Received) -> Vec<Step> {
             mongodb_explain::mongodb_explain(inner, &EXPLAIN)
         }
         "find" => cursor(bson::RawArrayBuf::new()),
+        "aggregate" => {
+            let body = cursor(bson::RawArrayBuf::new());
+            return vec![Step::Sleep(AGGREGATE_DELAY), Step::Send(reply(req, &body))];
+        }
         "listIndexes" => {
             let mut a = bson::RawArrayBuf::new();
             a.push(rawdoc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" });
@@ -379,6 +383,9 @@ fn mongodb7(req: &Received) -> Vec<Step> {
     };
     vec![Step::Send(reply(req, &body))]
 }
+
+/// How long the scripted upstream sits on every aggregate.
+const AGGREGATE_DELAY: Duration = Duration::from_millis(400);
 
 const EXPLAIN: mongodb_explain::Numbers = mongodb_explain::Numbers {
     cursor_returned: 1000,
@@ -491,6 +498,66 @@ async fn explain_names_the_slow_stage_and_never_sends_a_write_stage() {
                 "a write stage went out: {text}"
             );
         }
+    }
+}
+
+/// Live, a slow aggregate with `$out`: diagnosed once per shape (the
+/// second run is rate limited), and mongotap's own connection sends
+/// neither the write stage nor an explain of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_aggregate_is_diagnosed_once_per_shape_and_its_write_stage_never_resent() {
+    let up = Scripted::start(mongodb7).await;
+    let upstream = up.addr.to_string();
+    let tap = Mongotap::spawn_config(
+        "[diagnose]\nenabled = true\nslow_ms = 200\n",
+        &["--upstream", &upstream, "--listen", "127.0.0.1:0"],
+    );
+    let mut c = RawClient::connect(tap.listen).await;
+    c.command(&rawdoc! {
+        "hello": 1,
+        "client": { "application": { "name": "slow-app" }, "driver": { "name": "raw", "version": "1.0" } },
+        "$db": "admin",
+    })
+    .await;
+    let agg = rawdoc! {
+        "aggregate": "orders",
+        "pipeline": [{ "$match": { "name": SECRET } }, { "$group": { "_id": "$g" } }, { "$out": "copy" }],
+        "cursor": {},
+        "$db": "shop",
+    };
+    let sent = Instant::now();
+    c.command(&agg).await;
+    let took = sent.elapsed().as_millis() as u64;
+    let (event, findings) = diagnosed(&tap, "slow-app").await;
+    assert_eq!(event["trigger"], "slow");
+    assert_eq!(event["stages"], "$match>$group>$out");
+    let elapsed = event["elapsed_ms"].as_u64().unwrap();
+    assert!(
+        (AGGREGATE_DELAY.as_millis() as u64..=took).contains(&elapsed),
+        "elapsed_ms {elapsed}: the upstream held it {AGGREGATE_DELAY:?}, the client waited {took} ms"
+    );
+    with_check(&findings, "guardrails", |f| f["evidence"]["refused"] == true && f["stage"] == "$out");
+    // The same shape again, within diagnose.interval_ms: no second diagnosis.
+    c.command(&agg).await;
+    c.command(&rawdoc! { "ping": 1, "$db": "admin" }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tap.events("diagnosed").len(), 1, "{:#?}", tap.events("diagnosed"));
+    // The only frames that carried $out are the client's own two aggregates.
+    let received = up.received();
+    let with_out = received
+        .iter()
+        .filter(|r| {
+            r.command
+                .as_ref()
+                .and_then(|c| Document::try_from(c.as_ref()).ok())
+                .is_some_and(|d| d.to_string().contains("$out"))
+        })
+        .count();
+    assert_eq!(with_out, 2);
+    assert!(received.iter().all(|r| r.name() != "explain"));
+    assert!(received.iter().any(|r| r.name() == "find"), "the read-only checks ran");
+    for line in tap.logs() {
+        assert!(!line.to_string().contains(SECRET), "{line}");
     }
 }
 

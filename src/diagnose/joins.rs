@@ -143,6 +143,17 @@ async fn lookup(
         return Ok(());
     };
     let as_field = spec.get_str("as").unwrap_or("").to_string();
+    if spec.get("from").is_some_and(|f| f.as_str().is_none()) {
+        out.push(Finding::new(
+            CHECK,
+            Some(stage),
+            Severity::Info,
+            "$lookup from another database: its fields are not sampled".into(),
+            json!({}),
+        ));
+        joined.push((as_field, false));
+        return Ok(());
+    }
     let (Ok(from), Ok(lf), Ok(ff)) = (
         from_coll(spec),
         spec.get_str("localField"),
