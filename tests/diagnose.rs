@@ -10,6 +10,8 @@
 // failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "support/diagnose_seed.rs"]
+mod diagnose_seed;
 #[path = "support/mongodb_explain.rs"]
 mod mongodb_explain;
 #[path = "support/scripted.rs"]
@@ -17,7 +19,8 @@ mod scripted;
 mod support;
 
 use bson::rawdoc;
-use mongodb::bson::{doc, oid::ObjectId, Document};
+use diagnose_seed::{assert_seeded, pipeline, seed, with_check, CUSTOMERS, SECRET, STAGES};
+use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use scripted::{hello_reply_doc, reply, RawClient, Received, Scripted, Step};
 use serde_json::Value;
@@ -27,168 +30,6 @@ use support::{signal, Ferret, Mongotap};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mongotap");
 const T: Duration = Duration::from_secs(20);
-
-/// A filter value that must never appear in any output.
-const SECRET: &str = "secret-filter-value-0815";
-
-/// What the seed puts in: orders.customerId as strings while customers._id
-/// are ObjectIds; orders.sku and products.sku both strings, products.sku
-/// without an index; `items` an array in ORDERS_WITH_ITEMS orders, absent
-/// in the rest.
-const CUSTOMERS: usize = 4;
-const ORDERS: usize = 6;
-const ORDERS_WITH_ITEMS: usize = 4;
-const PRODUCTS: usize = 3;
-
-fn pipeline() -> String {
-    format!(
-        r#"[{{"$match": {{"note": {{"$ne": "{SECRET}"}}}}}},
- {{"$lookup": {{"from": "customers", "localField": "customerId", "foreignField": "_id", "as": "customer"}}}},
- {{"$lookup": {{"from": "products", "localField": "sku", "foreignField": "sku", "as": "product"}}}},
- {{"$unwind": "$items"}},
- {{"$group": {{"_id": "$customerId", "n": {{"$sum": 1}}}}}}]"#
-    )
-}
-
-const STAGES: &str = "$match>$lookup>$lookup>$unwind>$group";
-
-async fn seed(uri: &str, db: &str) {
-    let c = Client::with_uri_str(uri).await.expect("client");
-    let db = c.database(db);
-    let ids: Vec<ObjectId> = (0..CUSTOMERS).map(|_| ObjectId::new()).collect();
-    let customers: Vec<Document> = ids
-        .iter()
-        .map(|id| doc! {"_id": id, "tier": "gold"})
-        .collect();
-    db.collection::<Document>("customers")
-        .insert_many(customers)
-        .await
-        .expect("customers");
-    let orders: Vec<Document> = (0..ORDERS)
-        .map(|i| {
-            let mut d = doc! {"customerId": ids[i % CUSTOMERS].to_hex(), "sku": format!("sku-{}", i % PRODUCTS), "total": i as i32};
-            if i < ORDERS_WITH_ITEMS {
-                d.insert("items", vec![1, 2]);
-            }
-            d
-        })
-        .collect();
-    db.collection::<Document>("orders")
-        .insert_many(orders)
-        .await
-        .expect("orders");
-    let products: Vec<Document> = (0..PRODUCTS)
-        .map(|i| doc! {"sku": format!("sku-{i}")})
-        .collect();
-    db.collection::<Document>("products")
-        .insert_many(products)
-        .await
-        .expect("products");
-}
-
-fn with_check<'a>(findings: &'a [Value], check: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
-    findings
-        .iter()
-        .find(|f| f["check"] == check && pred(f))
-        .unwrap_or_else(|| panic!("no matching `{check}` finding in {findings:#?}"))
-}
-
-/// Every seeded problem, with the seeded types and counts.
-fn assert_seeded(findings: &[Value], db: &str) {
-    let join = with_check(findings, "join_types", |f| {
-        f["evidence"]["foreign_field"] == "_id"
-    });
-    assert_eq!(join["stage"], "$lookup");
-    assert_eq!(join["severity"], "error");
-    let e = &join["evidence"];
-    assert_eq!(e["stage_index"], 1);
-    assert_eq!(e["local_collection"], "orders");
-    assert_eq!(e["local_field"], "customerId");
-    assert_eq!(e["foreign_collection"], "customers");
-    assert_eq!(e["local"]["types"], serde_json::json!({"string": ORDERS}));
-    assert_eq!(e["local"]["sampled"], ORDERS);
-    assert_eq!(
-        e["foreign"]["types"],
-        serde_json::json!({"objectId": CUSTOMERS})
-    );
-    assert_eq!(e["foreign_field_indexed"], true);
-    let msg = join["message"].as_str().unwrap();
-    assert!(
-        msg.contains(&format!("orders.customerId (string ×{ORDERS})"))
-            && msg.contains(&format!("customers._id (objectId ×{CUSTOMERS})")),
-        "{msg}"
-    );
-
-    let sku = with_check(findings, "join_types", |f| {
-        f["evidence"]["foreign_field"] == "sku" && f["evidence"]["local"].is_object()
-    });
-    assert_eq!(sku["severity"], "info", "same types on both sides: {sku}");
-    assert_eq!(
-        sku["evidence"]["local"]["types"],
-        serde_json::json!({"string": ORDERS})
-    );
-    assert_eq!(
-        sku["evidence"]["foreign"]["types"],
-        serde_json::json!({"string": PRODUCTS})
-    );
-    let unindexed = with_check(findings, "join_types", |f| {
-        f["evidence"]["foreign_field_indexed"] == false && f["severity"] == "warning"
-    });
-    assert_eq!(unindexed["evidence"]["foreign_collection"], "products");
-    assert_eq!(unindexed["evidence"]["foreign_field"], "sku");
-    assert_eq!(unindexed["evidence"]["stage_index"], 2);
-
-    let unwind = with_check(findings, "join_types", |f| f["stage"] == "$unwind");
-    assert_eq!(unwind["severity"], "warning");
-    assert_eq!(unwind["evidence"]["field"], "items");
-    assert_eq!(
-        unwind["evidence"]["missing_or_null"],
-        ORDERS - ORDERS_WITH_ITEMS
-    );
-    assert_eq!(
-        unwind["evidence"]["sample"]["types"],
-        serde_json::json!({"array": ORDERS_WITH_ITEMS, "missing": ORDERS - ORDERS_WITH_ITEMS})
-    );
-
-    let group = with_check(findings, "join_types", |f| f["stage"] == "$group");
-    assert_eq!(group["evidence"]["key"], "customerId");
-    assert_eq!(
-        group["evidence"]["sample"]["types"],
-        serde_json::json!({"string": ORDERS})
-    );
-
-    // FerretDB lists the stages it implements; $lookup is not one.
-    let ferret = with_check(findings, "driver_server", |f| {
-        f["evidence"]["unsupported_stages"].is_array()
-    });
-    assert_eq!(
-        ferret["evidence"]["unsupported_stages"],
-        serde_json::json!(["$lookup"])
-    );
-    // FerretDB's explain is a SQLite plan.
-    let explain = with_check(findings, "explain", |_| true);
-    assert_eq!(explain["evidence"]["per_stage"], false);
-
-    let heavy = with_check(findings, "guardrails", |f| {
-        f["evidence"]["memory_heavy_stages"].is_array()
-    });
-    assert_eq!(
-        heavy["evidence"]["memory_heavy_stages"],
-        serde_json::json!(["$group"])
-    );
-    with_check(findings, "guardrails", |f| {
-        f["evidence"].get("maxTimeMS").is_some_and(Value::is_null)
-    });
-    let rule = with_check(findings, "guardrails", |f| {
-        f["evidence"]["rewrite_rule"].is_string()
-    });
-    let rule = rule["evidence"]["rewrite_rule"].as_str().unwrap();
-    assert!(
-        rule.contains(&format!("namespaces = [\"{db}.orders\"]"))
-            && rule.contains("allow_disk_use = true"),
-        "{rule}"
-    );
-}
 
 fn run_cli(args: &[&str]) -> String {
     let out = Command::new(BIN)
@@ -439,9 +280,18 @@ async fn explain_names_the_slow_stage_and_never_sends_a_write_stage() {
         "the read-only pipeline was explained"
     );
     let upstream = up.addr.to_string();
-    let p = format!(r#"[{{"$match": {{"name": "{SECRET}"}}}}, {{"$group": {{"_id": "$g", "n": {{"$sum": 1}}}}}}]"#);
+    let p = format!(
+        r#"[{{"$match": {{"name": "{SECRET}"}}}}, {{"$group": {{"_id": "$g", "n": {{"$sum": 1}}}}}}]"#
+    );
     let text = tokio::task::spawn_blocking(move || {
-        run_cli(&["--upstream", &upstream, "--ns", "shop.orders", "--pipeline", &p])
+        run_cli(&[
+            "--upstream",
+            &upstream,
+            "--ns",
+            "shop.orders",
+            "--pipeline",
+            &p,
+        ])
     })
     .await
     .unwrap();
@@ -536,12 +386,19 @@ async fn a_slow_aggregate_is_diagnosed_once_per_shape_and_its_write_stage_never_
         (AGGREGATE_DELAY.as_millis() as u64..=took).contains(&elapsed),
         "elapsed_ms {elapsed}: the upstream held it {AGGREGATE_DELAY:?}, the client waited {took} ms"
     );
-    with_check(&findings, "guardrails", |f| f["evidence"]["refused"] == true && f["stage"] == "$out");
+    with_check(&findings, "guardrails", |f| {
+        f["evidence"]["refused"] == true && f["stage"] == "$out"
+    });
     // The same shape again, within diagnose.interval_ms: no second diagnosis.
     c.command(&agg).await;
     c.command(&rawdoc! { "ping": 1, "$db": "admin" }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(tap.events("diagnosed").len(), 1, "{:#?}", tap.events("diagnosed"));
+    assert_eq!(
+        tap.events("diagnosed").len(),
+        1,
+        "{:#?}",
+        tap.events("diagnosed")
+    );
     // The only frames that carried $out are the client's own two aggregates.
     let received = up.received();
     let with_out = received
@@ -555,7 +412,10 @@ async fn a_slow_aggregate_is_diagnosed_once_per_shape_and_its_write_stage_never_
         .count();
     assert_eq!(with_out, 2);
     assert!(received.iter().all(|r| r.name() != "explain"));
-    assert!(received.iter().any(|r| r.name() == "find"), "the read-only checks ran");
+    assert!(
+        received.iter().any(|r| r.name() == "find"),
+        "the read-only checks ran"
+    );
     for line in tap.logs() {
         assert!(!line.to_string().contains(SECRET), "{line}");
     }

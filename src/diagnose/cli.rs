@@ -63,7 +63,6 @@ pub struct DiagnoseArgs {
     sample: i64,
 }
 
-
 pub fn run(args: &DiagnoseArgs) -> Result<(), DiagnoseError> {
     let target = args.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -89,10 +88,12 @@ impl DiagnoseArgs {
             .filter(|(d, c)| !d.is_empty() && !c.is_empty())
             .ok_or_else(|| DiagnoseError::Namespace(self.ns.clone()))?;
         let text = match self.pipeline.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| DiagnoseError::ReadFile {
-                path: path.into(),
-                source,
-            })?,
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|source| DiagnoseError::ReadFile {
+                    path: path.into(),
+                    source,
+                })?
+            }
             None => self.pipeline.clone(),
         };
         let json: serde_json::Value = serde_json::from_str(&text)?;

@@ -53,7 +53,10 @@ pub async fn check(probe: &mut Probe, t: &Target, out: &mut Vec<Finding>) {
             json!({ "maxTimeMS": t.max_time_ms }),
         ));
     }
-    let (no_disk, no_time) = (!heavy.is_empty() && !disk, t.max_time_ms.is_none_or(|ms| ms <= 0));
+    let (no_disk, no_time) = (
+        !heavy.is_empty() && !disk,
+        t.max_time_ms.is_none_or(|ms| ms <= 0),
+    );
     if no_disk || no_time {
         let rule = rule(t, no_disk);
         let what = match (no_time, no_disk) {

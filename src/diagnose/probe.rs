@@ -15,7 +15,6 @@ pub struct Probe {
     timed_out: bool,
 }
 
-
 impl Probe {
     /// Connects (TLS, hello, SCRAM when `credentials` are given), all within
     /// `timeout`. A server that accepts the connection but never answers

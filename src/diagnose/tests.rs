@@ -7,8 +7,11 @@ use super::{Target, CHECKS};
 use bson::{doc, oid::ObjectId, Bson};
 
 fn target(pipeline: Vec<bson::Document>) -> Target {
-    Target::from_command(doc! { "aggregate": "orders", "pipeline": pipeline, "cursor": {} }, "shop")
-        .expect("target")
+    Target::from_command(
+        doc! { "aggregate": "orders", "pipeline": pipeline, "cursor": {} },
+        "shop",
+    )
+    .expect("target")
 }
 
 /// A pipeline pushed down whole: the plan tree, read leaf first, with the
@@ -32,7 +35,11 @@ fn explain_reads_a_pushed_down_plan_leaf_first() {
     assert_eq!(stats[0].keys_examined, Some(7));
     assert_eq!(stats[1].docs_examined, Some(7));
     let mut out = Vec::new();
-    read(&reply, &target(vec![doc! { "$match": { "a": 1 } }]), &mut out);
+    read(
+        &reply,
+        &target(vec![doc! { "$match": { "a": 1 } }]),
+        &mut out,
+    );
     let slow = out.last().expect("a slowest-stage finding");
     assert_eq!(slow.evidence["slowest"], "FETCH");
     assert_eq!(slow.evidence["own_ms"], 28);
@@ -42,9 +49,14 @@ fn explain_reads_a_pushed_down_plan_leaf_first() {
 /// FerretDB's answer: a SQLite plan, no numbers; the finding says so.
 #[test]
 fn explain_without_per_stage_numbers_says_so() {
-    let reply = doc! { "queryPlanner": { "Plan": ["SCAN orders"] }, "explainVersion": "1", "ok": 1.0 };
+    let reply =
+        doc! { "queryPlanner": { "Plan": ["SCAN orders"] }, "explainVersion": "1", "ok": 1.0 };
     let mut out = Vec::new();
-    read(&reply, &target(vec![doc! { "$match": { "a": 1 } }]), &mut out);
+    read(
+        &reply,
+        &target(vec![doc! { "$match": { "a": 1 } }]),
+        &mut out,
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].evidence["per_stage"], false);
     assert!(out[0].message.contains("no per-stage numbers"));
@@ -56,7 +68,10 @@ fn paths_types_and_field_references() {
     assert_eq!(get_path(&d, "a.b.c").map(type_name), Some("objectId"));
     assert_eq!(get_path(&d, "s").map(type_name), Some("string"));
     assert_eq!(get_path(&d, "a.z"), None);
-    assert_eq!(field_ref(&Bson::String("$customerId".into())), Some("customerId"));
+    assert_eq!(
+        field_ref(&Bson::String("$customerId".into())),
+        Some("customerId")
+    );
     assert_eq!(field_ref(&Bson::String("$$ROOT".into())), None);
     assert_eq!(field_ref(&Bson::String("plain".into())), None);
 }
