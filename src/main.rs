@@ -19,6 +19,10 @@
 //!   reaches auto-explain only through its `AutoExplain` trait.
 //! - `background`: the watchdog, auto-explain and the health probe; they
 //!   read observe's tables and log with its events, so they sit above it.
+//! - `diagnose`: the checklist for a slow, stalled or failed aggregate
+//!   (explain, join types, driver and server, guardrails), for the
+//!   `diagnose` command and live `diagnosed` events; it reuses
+//!   auto-explain's command and observe's driver table.
 //! - `replay`: the `replay` command, reading captures (`capture`) with the
 //!   handshake parsing of `observe` and the rules of `settings`.
 //! - `shared`: `Shared`, the bundle of those parts the proxy's own tasks
@@ -32,6 +36,7 @@ mod admin;
 mod background;
 mod capture;
 mod config;
+mod diagnose;
 #[cfg(test)]
 mod layers_tests;
 mod logging;
@@ -90,6 +95,11 @@ enum Command {
     /// Replay captured traffic against a server and compare latency and
     /// results per command and namespace.
     Replay(replay::ReplayArgs),
+    /// Diagnose an aggregate pasted from a log: explain per stage, the BSON
+    /// types of joined, unwound and grouped fields, driver and server
+    /// versions, and missing allowDiskUse/maxTimeMS. Exits 0 whenever the
+    /// checks could run, problems found or not.
+    Diagnose(diagnose::cli::DiagnoseArgs),
     /// Work with capture files ([capture] in the config).
     Capture {
         #[command(subcommand)]
@@ -176,6 +186,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => run_proxy(&args),
         Command::CheckConfig { file } => check_config(file),
         Command::Replay(args) => replay::run(&args).map_err(Into::into),
+        Command::Diagnose(args) => diagnose::cli::run(&args).map_err(Into::into),
         Command::Capture {
             command: CaptureCommand::Export(args),
         } => export::run(&args).map_err(Into::into),

@@ -7,7 +7,8 @@
 use crate::background::explain::Explainer;
 use crate::background::health::Health;
 use crate::config::Config;
-use crate::observe::{AutoExplain, Observatory};
+use crate::diagnose::live::Diagnoser;
+use crate::observe::{AutoDiagnose, AutoExplain, Observatory};
 use crate::settings::tls::Tls;
 use crate::settings::{self, Reloadable, Settings};
 use crate::topology::ReplicaSet;
@@ -24,6 +25,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Auto-explain of slow aggregates (the observatory holds it too, when on).
     pub explainer: Arc<Explainer>,
+    /// The live diagnosis of aggregates (the observatory holds it too, when on).
+    pub diagnoser: Arc<Diagnoser>,
     /// What the upstream health probe last found (/readyz).
     pub health: Arc<Health>,
     next_conn_id: AtomicU64,
@@ -43,15 +46,27 @@ impl Shared {
         let explain = explainer
             .enabled()
             .then(|| explainer.clone() as Arc<dyn AutoExplain>);
+        // The live diagnosis too, with [diagnose]'s credentials or [explain]'s.
+        let diagnoser = Arc::new(Diagnoser::new(
+            &config.diagnose,
+            &config.explain,
+            &config.proxy.upstream,
+            settings.clone(),
+        ));
+        let diagnose = diagnoser
+            .enabled()
+            .then(|| diagnoser.clone() as Arc<dyn AutoDiagnose>);
         Shared {
             observe: Arc::new(Observatory::new(
                 &config,
                 settings.clone(),
                 explain,
+                diagnose,
                 replica_set,
             )),
             settings,
             explainer,
+            diagnoser,
             health: Arc::new(Health::new(std::time::Instant::now())),
             config,
             next_conn_id: AtomicU64::new(1),

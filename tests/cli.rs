@@ -236,6 +236,22 @@ fn a_closed_stdout_ends_quietly_with_success() {
     assert_eq!(rows.len(), 1, "{report}");
     assert_eq!(rows[0]["command"], "find", "{report}");
     assert_eq!(rows[0]["count"], 1, "{report}");
+
+    // diagnose prints its report the same way.
+    let (code, stderr) = run_into_closed_pipe(
+        dir.path(),
+        &[
+            "diagnose",
+            "--upstream",
+            &target,
+            "--ns",
+            "cli.orders",
+            "--pipeline",
+            r#"[{"$group": {"_id": "$g"}}]"#,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// A full disk behind a redirect is still an error, said once.

@@ -7,6 +7,8 @@
 // failed test. clippy.toml's allow-*-in-tests covers only #[test] functions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "support/mongodb_explain.rs"]
+mod mongodb_explain;
 #[path = "support/scripted.rs"]
 mod scripted;
 mod support;
@@ -74,46 +76,16 @@ fn explained_command(r: &Received) -> RawDocumentBuf {
         .to_owned()
 }
 
-/// A MongoDB-style aggregate explain (executionStats): one entry per stage
-/// with its own nReturned and executionTimeMillisEstimate, and the command
-/// echoed back with its filter values, as the server does.
+/// The shared MongoDB 7-style explain, with this test's numbers.
 fn mongodb_explain(req: &Received) -> RawDocumentBuf {
-    let inner = explained_command(req);
-    let pipeline = inner.get_array("pipeline").expect("pipeline").to_owned();
-    let first_match = pipeline
-        .into_iter()
-        .next()
-        .and_then(|s| s.ok()?.as_document()?.get_document("$match").ok())
-        .map(|m| m.to_owned())
-        .unwrap_or_default();
-    rawdoc! {
-        "explainVersion": "1",
-        "stages": [
-            {
-                "$cursor": {
-                    "queryPlanner": {
-                        "namespace": "shop.orders",
-                        "parsedQuery": first_match,
-                        "winningPlan": { "stage": "COLLSCAN", "direction": "forward" },
-                    },
-                    "executionStats": { "nReturned": 100, "executionTimeMillis": 3, "totalDocsExamined": 1000 },
-                },
-                "nReturned": 100_i64,
-                "executionTimeMillisEstimate": 3_i64,
-            },
-            {
-                "$group": { "_id": "$g", "n": { "$sum": { "$const": 1 } } },
-                "maxAccumulatorMemoryUsageBytes": { "n": 480_i64 },
-                "totalOutputDataSizeBytes": 1234_i64,
-                "usedDisk": false,
-                "nReturned": 5_i64,
-                "executionTimeMillisEstimate": 4_i64,
-            },
-        ],
-        "command": inner,
-        "serverInfo": { "host": "scripted", "port": 27017, "version": "7.0.0" },
-        "ok": 1.0,
-    }
+    let numbers = mongodb_explain::Numbers {
+        cursor_returned: 100,
+        cursor_ms: 3,
+        docs_examined: 1000,
+        group_returned: 5,
+        group_ms: 4,
+    };
+    mongodb_explain::mongodb_explain(explained_command(req), &numbers)
 }
 
 /// hello, a slow aggregate, and explain: MongoDB-style per-stage stats, or

@@ -328,6 +328,12 @@ impl Collector for ProxyCollector {
             "Capture records dropped because the writer fell behind",
             s.capture.dropped.load(Relaxed),
         )?;
+        counter(
+            &mut enc,
+            "mongotap_diagnose_dropped",
+            "Aggregate diagnoses not started because diagnose.max_running were running",
+            self.0.diagnoser.dropped(),
+        )?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@
 use crate::background::explain::Explainer;
 use crate::observe::events;
 use crate::observe::tracker::{RequestFacts, Tracker};
-use crate::observe::Observatory;
+use crate::observe::{Observatory, Trigger};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,10 @@ pub async fn run(obs: Arc<Observatory>, explainer: Arc<Explainer>, stop: Cancell
         for (request_id, facts, report) in due_stalls(&obs.tracker, now, stall_ms) {
             obs.counters.stalled.fetch_add(1, Relaxed);
             events::stalled(request_id, &facts, report, now);
+            if let (1, Some(d)) = (report, &obs.diagnose) {
+                let age_ms = facts.age_ms(now);
+                d.diagnose(request_id, &facts, Trigger::Stalled { age_ms });
+            }
         }
         if let Some(after_ms) = explainer.after_ms() {
             for (request_id, facts) in due_explains(&obs.tracker, after_ms, now) {

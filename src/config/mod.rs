@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use thiserror::Error;
 
+mod diagnose;
 mod health;
 mod topology;
+pub use diagnose::DiagnoseConfig;
 pub use health::HealthConfig;
 pub use topology::{listen_host, TopologyConfig};
 #[cfg(test)]
@@ -36,6 +38,7 @@ pub struct Config {
     pub log: LogConfig,
     pub rewrite: RewriteConfig,
     pub explain: ExplainConfig,
+    pub diagnose: DiagnoseConfig,
     pub tls: TlsConfig,
     pub capture: CaptureConfig,
     pub health: HealthConfig,
@@ -414,6 +417,7 @@ impl Config {
         let mut c = self.clone();
         hide(&mut c.admin.token);
         hide(&mut c.explain.password);
+        hide(&mut c.diagnose.password);
         hide(&mut c.capture.control_token);
         c
     }

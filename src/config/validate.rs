@@ -122,7 +122,8 @@ impl Config {
         }
         self.topology
             .validate(&self.proxy_addresses_given, &self.admin.listen)?;
-        self.health.validate()
+        self.health.validate()?;
+        self.diagnose.validate()
     }
 }
 

@@ -18,7 +18,7 @@ mod request;
 pub mod stats;
 pub mod tracker;
 
-pub use observatory::{AutoExplain, Observatory, RewriteCounts};
+pub use observatory::{AutoDiagnose, AutoExplain, DiagnoseSlot, Observatory, RewriteCounts, Trigger};
 pub use reply::ReplyObserver;
 pub use request::RequestObserver;
 

@@ -82,6 +82,40 @@ pub trait AutoExplain: Send + Sync {
     fn maybe_explain(&self, request_id: i32, facts: &RequestFacts, elapsed: Duration);
 }
 
+/// The live diagnosis of aggregates (`diagnose::live`), as observation
+/// sees it: it sits above observe and knows it only by this trait.
+pub trait AutoDiagnose: Send + Sync {
+    /// The slot a command carries when it is an aggregate to diagnose
+    /// should it stall, run slow or fail.
+    fn slot_for(&self, view: &CommandView<'_>) -> Option<Arc<DiagnoseSlot>>;
+    /// Starts the diagnosis of `request_id` when `why` calls for one and
+    /// the shape is not rate limited. Never blocks.
+    fn diagnose(&self, request_id: i32, facts: &RequestFacts, why: Trigger);
+}
+
+/// What made a command worth diagnosing.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// Pending this long: the watchdog's first stall report.
+    Stalled { age_ms: u64 },
+    /// Replied after this long, with the error's code and name if it failed.
+    Finished {
+        elapsed_ms: u64,
+        error: Option<(i32, String)>,
+    },
+}
+
+/// A diagnosable aggregate's body, and its diagnosis once ready (shown in
+/// its `/inflight` row). One per command; it goes with the command.
+#[derive(Debug)]
+pub struct DiagnoseSlot {
+    pub body: RawDocumentBuf,
+    /// A diagnosis was started (or refused) for this command.
+    pub started: AtomicBool,
+    /// The findings, as the `diagnosed` event carries them.
+    pub result: std::sync::OnceLock<serde_json::Value>,
+}
+
 /// The most distinct command summaries (and client handshakes) shared
 /// between connections; beyond it each connection keeps its own.
 const INTERNED_MAX: usize = 4096;
@@ -112,6 +146,8 @@ pub struct Observatory {
     pub capture: Capture,
     /// Auto-explain of slow aggregates; `None` when it is off.
     pub explain: Option<Arc<dyn AutoExplain>>,
+    /// The live diagnosis of aggregates; `None` when it is off.
+    pub diagnose: Option<Arc<dyn AutoDiagnose>>,
     /// Apps already warned about a driver too old for the server.
     pub warned_apps: DashMap<String, ()>,
     /// The replica-set discovery warning is logged once per process.
@@ -126,6 +162,7 @@ impl Observatory {
         config: &Config,
         settings: Settings,
         explain: Option<Arc<dyn AutoExplain>>,
+        diagnose: Option<Arc<dyn AutoDiagnose>>,
         replica_set: Option<Arc<ReplicaSet>>,
     ) -> Self {
         Observatory {
@@ -143,6 +180,7 @@ impl Observatory {
             rewrite_counts: DashMap::default(),
             capture: Capture::new(&config.capture),
             explain,
+            diagnose,
             replica_set,
             warned_apps: DashMap::new(),
             warned_hosts: AtomicBool::new(false),

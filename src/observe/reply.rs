@@ -6,6 +6,7 @@ use crate::observe::cursors::CursorInfo;
 use crate::observe::events;
 use crate::observe::stats::Sample;
 use crate::observe::tracker::RequestFacts;
+use crate::observe::Trigger;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::message::{with_message, Message};
 use mongotap_proto::{DecodeError, ReplyView};
@@ -116,6 +117,18 @@ impl<'a> ReplyObserver<'a> {
             if let Some(explain) = &obs.explain {
                 explain.maybe_explain(p.request_id, facts, elapsed);
             }
+        }
+        if let (Some(d), Some(_)) = (&obs.diagnose, &facts.diagnose) {
+            let error = error.then(|| {
+                let code = reply.code.unwrap_or(0);
+                let name = reply.code_name.map_or_else(
+                    || mongotap_proto::reply::code_name(code).to_string(),
+                    str::to_string,
+                );
+                (code, name)
+            });
+            let elapsed_ms = elapsed.as_millis() as u64;
+            d.diagnose(p.request_id, facts, Trigger::Finished { elapsed_ms, error });
         }
         let was_stalled = p.watch().stall_reports() > 0;
         let slow_ms = obs.watch.slow_ms;

@@ -114,6 +114,7 @@ impl<'a> RequestObserver<'a> {
             injected_max_time,
             query,
             explain_body: obs.explain.as_ref().and_then(|e| e.body_for(view)),
+            diagnose: obs.diagnose.as_ref().and_then(|d| d.slot_for(view)),
         };
         let replaced = self.conn.inflight.insert(Pending::new(request_id, facts));
         if replaced.is_some() {

@@ -44,6 +44,8 @@ pub struct RequestFacts {
     /// A copy of a read-only aggregate's body, kept only when auto-explain
     /// is on, so the same pipeline can be explained.
     pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
+    /// An aggregate's body and diagnosis, kept only when `[diagnose]` is on.
+    pub diagnose: Option<Arc<crate::observe::DiagnoseSlot>>,
 }
 
 impl RequestFacts {
@@ -140,6 +142,9 @@ pub struct InflightRow {
     pub comment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// The `diagnosed` event's findings, once the diagnosis is ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<serde_json::Value>,
 }
 
 /// One connection's pending commands, keyed by requestID. Its session
@@ -267,6 +272,7 @@ impl Tracker {
                 stalled: !p.awaiting && age_ms >= stall_ms,
                 comment: p.comment.as_deref().map(str::to_string),
                 member: p.member.as_deref().map(str::to_string),
+                diagnosis: p.diagnose.as_ref().and_then(|d| d.result.get().cloned()),
             })
         });
         rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
@@ -302,6 +308,7 @@ impl RequestFacts {
             injected_max_time: false,
             query: None,
             explain_body: None,
+            diagnose: None,
         }
     }
 }

@@ -197,6 +197,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let stopped = async {
         // First, so running explains are cancelled now, not after the rest.
         shared.explainer.stop().await;
+        shared.diagnoser.stop().await;
         tasks.wait().await;
         background.wait().await;
     };

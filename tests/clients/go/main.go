@@ -26,6 +26,11 @@
 //	    "topology_before","topology_after","primaries","count"}. T is the
 //	    driver's own topology description: {"servers": sorted addresses,
 //	    "primary": address or null, "types": {address: server kind}}.
+//	mongotap-go-client aggregate URI DB APP
+//	    Reads a pipeline (extended JSON array) from stdin, runs it as an
+//	    aggregate on DB.orders and prints {"ok":true,"documents":N} or, when
+//	    the server refuses it, {"ok":false,"code":C,"code_name":NAME}
+//	    (tests/diagnose.rs).
 //
 // Anything that goes wrong ends the program with a non-zero status and one
 // line on stderr.
@@ -37,6 +42,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -441,9 +447,33 @@ func failover(uri, dbName, app string) {
 	})
 }
 
+// aggregate runs the pipeline on stdin against DB.orders once.
+func aggregate(uri, dbName, app string) {
+	ctx := context.Background()
+	text, err := io.ReadAll(os.Stdin)
+	check(err, "read the pipeline")
+	var pipeline bson.A
+	check(bson.UnmarshalExtJSON(text, false, &pipeline), "parse the pipeline")
+	client := connect(uri, app, nil)
+	cur, err := client.Database(dbName).Collection("orders").Aggregate(ctx, pipeline)
+	if err != nil {
+		var ce mongo.CommandError
+		if !errors.As(err, &ce) {
+			fail("aggregate: %v", err)
+		}
+		printJSON(map[string]any{"ok": false, "code": ce.Code, "code_name": ce.Name})
+		check(client.Disconnect(ctx), "disconnect")
+		return
+	}
+	var out []bson.M
+	check(cur.All(ctx, &out), "aggregate cursor")
+	printJSON(map[string]any{"ok": true, "documents": len(out)})
+	check(client.Disconnect(ctx), "disconnect")
+}
+
 func main() {
 	if len(os.Args) != 5 {
-		fail("usage: %s workload|compress|monitor|failover URI DB-or-COMPRESSOR APP", os.Args[0])
+		fail("usage: %s workload|compress|monitor|failover|aggregate URI DB-or-COMPRESSOR APP", os.Args[0])
 	}
 	mode, uri, arg, app := os.Args[1], os.Args[2], os.Args[3], os.Args[4]
 	switch mode {
@@ -455,6 +485,8 @@ func main() {
 		monitor(uri, arg, app)
 	case "failover":
 		failover(uri, arg, app)
+	case "aggregate":
+		aggregate(uri, arg, app)
 	default:
 		fail("unknown mode %q", mode)
 	}
