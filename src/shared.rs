@@ -8,6 +8,7 @@ use crate::background::explain::Explainer;
 use crate::background::health::Health;
 use crate::config::Config;
 use crate::observe::{AutoExplain, Observatory};
+use crate::otel::Otel;
 use crate::settings::tls::Tls;
 use crate::settings::{self, Reloadable, Settings};
 use crate::topology::ReplicaSet;
@@ -30,7 +31,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, tls: Tls, replica_set: Option<Arc<ReplicaSet>>) -> Self {
+    pub fn new(
+        config: Config,
+        tls: Tls,
+        replica_set: Option<Arc<ReplicaSet>>,
+        otel: Option<Arc<Otel>>,
+    ) -> Self {
         let settings = settings::swap(Reloadable::new(tls, &config));
         // Auto-explain connects to the same upstream the same way, with
         // the TLS settings in force at each explain.
@@ -49,6 +55,7 @@ impl Shared {
                 settings.clone(),
                 explain,
                 replica_set,
+                otel,
             )),
             settings,
             explainer,

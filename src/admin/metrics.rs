@@ -285,6 +285,21 @@ impl Collector for ProxyCollector {
             "Capture records dropped because the writer fell behind",
             s.capture.dropped.load(Relaxed),
         )?;
+        // Only with [otel] on: absent series say export is off.
+        if let Some(otel) = &s.otel {
+            counter(
+                &mut enc,
+                "mongotap_otel_dropped",
+                "Spans not delivered: the export queue was full, or their export failed",
+                otel.counts.dropped.load(Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "mongotap_otel_exported",
+                "Spans the OTLP collector accepted",
+                otel.counts.exported.load(Relaxed),
+            )?;
+        }
         Ok(())
     }
 }

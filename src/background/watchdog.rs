@@ -36,6 +36,9 @@ pub async fn run(obs: Arc<Observatory>, explainer: Arc<Explainer>, stop: Cancell
         for (request_id, facts, report) in due_stalls(&obs.tracker, now, stall_ms) {
             obs.counters.stalled.fetch_add(1, Relaxed);
             events::stalled(request_id, &facts, report, now);
+            if let (1, Some(otel)) = (report, &obs.otel) {
+                crate::observe::spans::stalled(otel, &obs, &facts, now);
+            }
         }
         if let Some(after_ms) = explainer.after_ms() {
             for (request_id, facts) in due_explains(&obs.tracker, after_ms, now) {

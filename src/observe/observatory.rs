@@ -9,6 +9,7 @@ use crate::observe::cursors::Cursors;
 use crate::observe::meta::{ClientMeta, CommandSummary, Interner};
 use crate::observe::stats::Stats;
 use crate::observe::tracker::{RequestFacts, Tracker};
+use crate::otel::Otel;
 use crate::settings::Settings;
 use bson::RawDocumentBuf;
 use dashmap::DashMap;
@@ -116,6 +117,11 @@ pub struct Observatory {
     /// Replica-set mode's members and their listeners; `None` in direct
     /// mode. Hello replies are rewritten to name these listeners.
     pub replica_set: Option<Arc<ReplicaSet>>,
+    /// `[otel]` span export; `None` when off, and then no request does
+    /// any span work.
+    pub otel: Option<Arc<Otel>>,
+    /// proxy.upstream: the spans' `server.address` in direct mode.
+    pub upstream: String,
 }
 
 impl Observatory {
@@ -124,6 +130,7 @@ impl Observatory {
         settings: Settings,
         explain: Option<Arc<dyn AutoExplain>>,
         replica_set: Option<Arc<ReplicaSet>>,
+        otel: Option<Arc<Otel>>,
     ) -> Self {
         Observatory {
             watch: config.watch.clone(),
@@ -142,6 +149,8 @@ impl Observatory {
             replica_set,
             warned_apps: DashMap::new(),
             warned_hosts: AtomicBool::new(false),
+            otel,
+            upstream: config.proxy.upstream.clone(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::{ConnState, Observe};
 use crate::observe::cursors::CursorInfo;
-use crate::observe::events;
+use crate::observe::{events, spans};
 use crate::observe::tracker::RequestFacts;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::message::{with_message, Message};
@@ -78,6 +78,9 @@ impl<'a> ReplyObserver<'a> {
         }
         if facts.awaiting {
             return;
+        }
+        if let Some(otel) = &obs.otel {
+            spans::command(otel, obs, &p, spans::End::Reply(reply), now);
         }
         let error = reply.is_error();
         let micros = elapsed.as_micros() as u64;

@@ -6,6 +6,7 @@ use crate::config::RewriteMode;
 use crate::observe::events;
 use crate::observe::meta::{ClientMeta, SummaryCache};
 use crate::observe::tracker::{Pending, RequestFacts};
+use crate::otel::TraceParent;
 use bson::raw::RawBsonRef;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::message::{with_message, Message};
@@ -44,6 +45,7 @@ impl<'a> RequestObserver<'a> {
         expects_reply: bool,
         db_fallback: &str,
         changes: &[FieldChange],
+        trace_context: Option<&bson::RawDocument>,
     ) {
         let obs = &self.conn.obs;
         if expects_reply {
@@ -102,6 +104,20 @@ impl<'a> RequestObserver<'a> {
                 })
                 .unwrap_or_default(),
             injected_max_time,
+            rewritten: !changes.is_empty(),
+            // Only with [otel] on; awaiting commands wait by design and
+            // get no span.
+            span: obs
+                .otel
+                .as_ref()
+                .filter(|_| !awaiting)
+                .map(|otel| {
+                    let from_section = trace_context
+                        .and_then(|d| d.get_document("otel").ok())
+                        .and_then(|d| d.get_str("traceparent").ok())
+                        .and_then(TraceParent::parse);
+                    otel.new_ids(from_section.or_else(|| view.comment.and_then(traceparent)))
+                }),
             explain_body: obs.explain.as_ref().and_then(|e| e.body_for(view)),
         };
         let replaced = self.conn.inflight.insert(Pending::new(request_id, facts));
@@ -112,6 +128,24 @@ impl<'a> RequestObserver<'a> {
         if obs.watch.command_log {
             events::started(self.conn, request_id, view, &self.meta);
         }
+    }
+}
+
+/// The app's trace, from a `comment` that is a W3C traceparent string or a
+/// document with a `traceparent` string field.
+///
+/// The proposed OP_MSG section kind 3 (`{otel: {traceparent}}`) is read
+/// the same way, first (`command`). The current OP_MSG spec says a section
+/// kind the receiver does not know must close the connection, so servers
+/// reject it today; mongotap forwards it as sent and lets the server decide.
+fn traceparent(comment: RawBsonRef<'_>) -> Option<TraceParent> {
+    match comment {
+        RawBsonRef::String(s) => TraceParent::parse(s),
+        RawBsonRef::Document(d) => match d.get("traceparent") {
+            Ok(Some(RawBsonRef::String(s))) => TraceParent::parse(s),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -149,7 +183,7 @@ impl Observe for RequestObserver<'_> {
                     .capture_request(frame, &view, header.request_id, !more);
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
                 let changes = rewritten.as_ref().map_or(&[][..], |(_, c)| c);
-                self.command(header.request_id, &view, !more, "", changes);
+                self.command(header.request_id, &view, !more, "", changes, msg.trace_context);
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
@@ -157,7 +191,7 @@ impl Observe for RequestObserver<'_> {
                 self.conn
                     .capture_request(frame, &view, header.request_id, true);
                 self.note_legacy_rewrite(&view, q.db());
-                self.command(header.request_id, &view, true, q.db(), &[]);
+                self.command(header.request_id, &view, true, q.db(), &[], None);
                 Ok(None)
             }
             Message::Reply(_) => {
@@ -209,6 +243,11 @@ impl RequestObserver<'_> {
         let plan = rule.and_then(|rule| rewrite::plan(view, &rule.limits));
         let unknown_flags = msg.unknown_optional_flags();
         if plan.is_none() && unknown_flags == 0 {
+            return Ok(None);
+        }
+        // The encoder does not write a kind-3 section (a proposal, see
+        // op_msg.rs) back: such a frame goes through as the client sent it.
+        if msg.trace_context.is_some() {
             return Ok(None);
         }
         let dry_run = policy.mode == RewriteMode::DryRun;

@@ -38,6 +38,10 @@ pub struct RequestFacts {
     pub killed_cursors: Vec<i64>,
     /// maxTimeMS was injected by a rewrite rule.
     pub injected_max_time: bool,
+    /// A rewrite rule changed the command (enforced, not dry-run).
+    pub rewritten: bool,
+    /// The command's span ids, with `[otel]` on (and not awaiting).
+    pub span: Option<crate::otel::SpanIds>,
     /// A copy of a read-only aggregate's body, kept only when auto-explain
     /// is on, so the same pipeline can be explained.
     pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
@@ -297,6 +301,8 @@ impl RequestFacts {
             cursor_id: None,
             killed_cursors: Vec::new(),
             injected_max_time: false,
+            rewritten: false,
+            span: None,
             explain_body: None,
         }
     }
