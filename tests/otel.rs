@@ -140,6 +140,7 @@ async fn driver_commands_arrive_in_jaeger_with_their_attributes_and_no_values() 
         assert_eq!(tag(s, "mongotap.stalled"), Some(&json!(false)), "{name}");
         assert_eq!(tag(s, "mongotap.rewritten"), Some(&json!(false)), "{name}");
         assert!(tag(s, "error").is_none(), "{name} succeeded: {s}");
+        assert!(tag(s, "db.query.text").is_none(), "{name}: log_values is off");
         assert!(s["references"].as_array().is_none_or(Vec::is_empty), "{name} is a root");
     }
     assert_within(named(&spans, "insert orders").unwrap(), t0, t1);
@@ -182,11 +183,10 @@ async fn a_traceparent_comment_makes_the_span_a_child_in_the_apps_trace() {
     let jaeger = Jaeger::start();
     let service = "mongotap-tp";
     let upstream = ferret.addr().to_string();
-    // At ratio 0 only the app's sampled flag keeps these spans.
-    let tap = Mongotap::spawn_config(
-        &otel_config(&upstream, &jaeger.endpoint(), service, "sample_ratio = 0.0"),
-        &[],
-    );
+    // At ratio 0 only the app's sampled flag keeps these spans. With
+    // log_values on, the span carries the command's text.
+    let extra = "sample_ratio = 0.0\n[watch]\nlog_values = true";
+    let tap = Mongotap::spawn_config(&otel_config(&upstream, &jaeger.endpoint(), service, extra), &[]);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let trace_a = format!("{:032x}", nanos ^ 0x5eed_0000_0000_0000_0000_0000_0000_0001);
     let trace_b = format!("{:032x}", nanos ^ 0x0bad_0000_0000_0000_0000_0000_0000_0002);
@@ -221,7 +221,13 @@ async fn a_traceparent_comment_makes_the_span_a_child_in_the_apps_trace() {
             "not a child of {parent}: {span}"
         );
     };
-    child_of(named(&spans, "aggregate items").unwrap(), &trace_a, parent_a);
+    let first = named(&spans, "aggregate items").unwrap();
+    child_of(first, &trace_a, parent_a);
+    let text = str_tag(first, "db.query.text");
+    for sent in ["\"aggregate\":\"items\"", "\"$group\"", &trace_a] {
+        assert!(text.contains(sent), "db.query.text lacks {sent}: {text}");
+    }
+    assert!(!text.contains("lsid"), "session fields are left out: {text}");
     let second = named(&spans, "aggregate items_other").unwrap();
     child_of(second, &trace_b, parent_b);
     // The cursor id the driver received, as the span names it.

@@ -105,6 +105,9 @@ impl<'a> RequestObserver<'a> {
                 .unwrap_or_default(),
             injected_max_time,
             rewritten: !changes.is_empty(),
+            query_text: (obs.watch.log_values && obs.otel.is_some() && !awaiting)
+                .then(|| query_text(view))
+                .flatten(),
             // Only with [otel] on; awaiting commands wait by design and
             // get no span.
             span: obs
@@ -147,6 +150,30 @@ fn traceparent(comment: RawBsonRef<'_>) -> Option<TraceParent> {
         },
         _ => None,
     }
+}
+
+/// The command body without the driver's session and cluster fields, as
+/// relaxed extended JSON, cut at 4 KiB; `None` for authentication commands.
+fn query_text(view: &CommandView<'_>) -> Option<Arc<str>> {
+    const MAX: usize = 4096;
+    const SKIP: [&str; 4] = ["lsid", "$clusterTime", "$db", "txnNumber"];
+    if view.is_sensitive() {
+        return None;
+    }
+    let mut doc = bson::Document::new();
+    for (key, value) in view.doc.iter().flatten() {
+        let key = key.as_str();
+        if SKIP.contains(&key) {
+            continue;
+        }
+        doc.insert(key, bson::Bson::try_from(value).ok()?);
+    }
+    let text = bson::Bson::Document(doc).into_relaxed_extjson().to_string();
+    let mut end = text.len().min(MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(Arc::from(&text[..end]))
 }
 
 /// A comment is shown when it is a short string; other types can carry

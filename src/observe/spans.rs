@@ -4,7 +4,8 @@
 //! from the request's and the last reply's wire times.
 //!
 //! No literal value goes into a span: names, the namespace, stage names and
-//! error codes only (`errmsg` can quote a document's values).
+//! error codes only (`errmsg` can quote a document's values). The one
+//! exception is `db.query.text`, set only with `watch.log_values = true`.
 
 use crate::observe::tracker::{Pending, RequestFacts};
 use crate::observe::Observatory;
@@ -174,6 +175,10 @@ fn base_attributes(obs: &Observatory, facts: &RequestFacts) -> Vec<KeyValue> {
         ));
     }
     attrs.push(KeyValue::new("mongotap.rewritten", facts.rewritten));
+    // Set only with watch.log_values = true (request.rs).
+    if let Some(text) = &facts.query_text {
+        attrs.push(KeyValue::new("db.query.text", text.clone()));
+    }
     attrs
 }
 

@@ -42,6 +42,10 @@ pub struct RequestFacts {
     pub rewritten: bool,
     /// The command's span ids, with `[otel]` on (and not awaiting).
     pub span: Option<crate::otel::SpanIds>,
+    /// The command as relaxed extended JSON, for the span's `db.query.text`:
+    /// only with `[otel]` on and `watch.log_values = true`, never for
+    /// authentication commands.
+    pub query_text: Option<Arc<str>>,
     /// A copy of a read-only aggregate's body, kept only when auto-explain
     /// is on, so the same pipeline can be explained.
     pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
@@ -303,6 +307,7 @@ impl RequestFacts {
             injected_max_time: false,
             rewritten: false,
             span: None,
+            query_text: None,
             explain_body: None,
         }
     }
