@@ -389,3 +389,49 @@ async fn a_dead_or_hanging_collector_never_slows_forwarding_and_counts_drops() {
     assert!(dropped >= sent - 80.0, "hanging collector: {dropped} dropped of {sent}");
     assert_eq!(metric(&off, "mongotap_otel_dropped_total"), 0.0, "off: no series");
 }
+
+/// The proposed OP_MSG section kind 3 (`{otel: {traceparent}}`): mongotap
+/// reads it rather than closing the connection, forwards the frame as
+/// sent (the server decides), and the span joins that trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_3_trace_context_section_joins_the_trace_and_is_not_rejected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ferret = Ferret::start();
+    let jaeger = Jaeger::start();
+    let service = "mongotap-kind3";
+    let upstream = ferret.addr().to_string();
+    let tap = Mongotap::spawn_config(&otel_config(&upstream, &jaeger.endpoint(), service, ""), &[]);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let trace = format!("{:032x}", nanos ^ 0x3333_0000_0000_0000_0000_0000_0000_0003);
+    let parent = "0123456789abcdef";
+    let body = mongodb::bson::rawdoc! {"ping": 1, "$db": "admin"};
+    let ctx = mongodb::bson::rawdoc! {"otel": {"traceparent": format!("00-{trace}-{parent}-01")}};
+    let mut frame = vec![0u8; 16];
+    frame.extend_from_slice(&0u32.to_le_bytes());
+    frame.push(0);
+    frame.extend_from_slice(body.as_bytes());
+    frame.push(3);
+    frame.extend_from_slice(ctx.as_bytes());
+    let len = frame.len() as i32;
+    frame[0..4].copy_from_slice(&len.to_le_bytes());
+    frame[4..8].copy_from_slice(&77i32.to_le_bytes());
+    frame[12..16].copy_from_slice(&2013i32.to_le_bytes());
+    let mut s = tokio::net::TcpStream::connect(tap.listen).await.unwrap();
+    s.write_all(&frame).await.unwrap();
+    // A reply or the server closing: either way the server decided.
+    let mut buf = vec![0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    drop(s);
+    let spans = jaeger
+        .wait_spans(service, "the ping's span", |s| named(s, "ping").is_some())
+        .await;
+    let ping = named(&spans, "ping").unwrap();
+    assert_eq!(ping["traceID"], trace.as_str(), "{ping}");
+    let refs = ping["references"].as_array().cloned().unwrap_or_default();
+    assert!(refs.iter().any(|r| r["spanID"] == parent), "{ping}");
+    assert!(
+        tap.events("decode_error").is_empty() && metric(&tap, "mongotap_decode_errors_total") == 0.0,
+        "mongotap rejected the frame: {:?}",
+        tap.logs()
+    );
+}

@@ -37,7 +37,20 @@ fn jaeger_path() -> PathBuf {
 }
 
 impl Jaeger {
+    /// Starts Jaeger; a free port can be taken between choosing and
+    /// binding it (tests run in parallel), so it tries fresh ports again.
     pub fn start() -> Jaeger {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Jaeger::try_start() {
+                Ok(j) => return j,
+                Err(e) => last = e,
+            }
+        }
+        panic!("jaeger did not start: {last}");
+    }
+
+    fn try_start() -> Result<Jaeger, String> {
         let dir = tempfile::Builder::new()
             .prefix("mongotap-jaeger-")
             .tempdir()
@@ -106,13 +119,15 @@ exporters:
         for addr in [otlp, query] {
             while TcpStream::connect(addr).is_err() {
                 if let Ok(Some(status)) = j.child.try_wait() {
-                    panic!("jaeger exited ({status}): {}", j.log());
+                    return Err(format!("jaeger exited ({status}): {}", j.log()));
                 }
-                assert!(Instant::now() < deadline, "jaeger not up: {}", j.log());
+                if Instant::now() > deadline {
+                    return Err(format!("jaeger not up within 30 s: {}", j.log()));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        j
+        Ok(j)
     }
 
     pub fn log(&self) -> String {
@@ -150,7 +165,7 @@ exporters:
         what: &str,
         pred: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let spans = self.spans(service);
             if pred(&spans) {
@@ -158,7 +173,7 @@ exporters:
             }
             if Instant::now() > deadline {
                 let names: Vec<&Value> = spans.iter().map(|s| &s["operationName"]).collect();
-                panic!("no {what} in Jaeger within 20 s; spans: {names:?}");
+                panic!("no {what} in Jaeger within 30 s; spans: {names:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
