@@ -435,3 +435,24 @@ async fn a_kind_3_trace_context_section_joins_the_trace_and_is_not_rejected() {
         tap.logs()
     );
 }
+
+/// SIGTERM flushes what is queued: a command answered just before it is in
+/// Jaeger, though the exporter's one-second batch was not due yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_the_last_spans() {
+    let ferret = Ferret::start();
+    let jaeger = Jaeger::start();
+    let service = "mongotap-shutdown";
+    let upstream = ferret.addr().to_string();
+    let mut tap =
+        Mongotap::spawn_config(&otel_config(&upstream, &jaeger.endpoint(), service, ""), &[]);
+    let c = client(&tap.uri(), "otel-shutdown").await;
+    let coll = c.database(&unique_db("otel_shutdown")).collection::<Document>("last");
+    coll.insert_one(doc! {"i": 1}).await.expect("insert");
+    drop(c);
+    let status = tokio::task::block_in_place(|| tap.terminate(Duration::from_secs(20)));
+    assert!(status.success(), "{status}");
+    jaeger
+        .wait_spans(service, "the last insert", |s| named(s, "insert last").is_some())
+        .await;
+}
