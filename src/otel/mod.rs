@@ -181,7 +181,7 @@ mod tests {
         assert!(!otel.sampled(&ids(5, None)));
         let unsampled = TraceParent { sampled: false, ..parent };
         assert!(!otel.sampled(&ids(5, Some(unsampled))));
-        // A full queue drops and counts, never waits.
+        // A child keeps the app's trace id under a span id of its own.
         let span_ids = otel.new_ids(Some(parent));
         assert_eq!(span_ids.trace_id, parent.trace_id);
         assert_ne!(span_ids.span_id, parent.span_id);
