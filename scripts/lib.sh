@@ -147,6 +147,44 @@ ensure_ferretdb() {
     _ferretdb_ok || with_cache_lock _build_ferretdb
 }
 
+JAEGER_VERSION=v1.76.0
+JAEGER_BIN=$MONGOTAP_CACHE/bin/jaeger
+
+_jaeger_ok() {
+    [ -x "$JAEGER_BIN" ] && [ "$(cat "$JAEGER_BIN.version" 2>/dev/null)" = "$JAEGER_VERSION" ]
+}
+
+# Builds Jaeger (the OTel-collector-based all-in-one, a real OTLP trace
+# backend for tests/otel.rs) into $MONGOTAP_CACHE/bin, the same way as
+# FerretDB: a scratch module with an exact `go get -tool` version, because the
+# proxy refuses the version list `go install ...@v` asks for. About 6 min and
+# 121 MB the first time.
+_build_jaeger() {
+    _jaeger_ok && return 0
+    ensure_go
+    step "building Jaeger $JAEGER_VERSION into $MONGOTAP_CACHE/bin (about 6 min the first time)"
+    local work=$MONGOTAP_CACHE/build/jaeger-$JAEGER_VERSION
+    if [ -d "$work" ]; then chmod -R u+w "$work" && rm -rf "$work"; fi
+    mkdir -p "$work" "$MONGOTAP_CACHE/bin"
+    (
+        cd "$work"
+        export GOFLAGS=-buildvcs=false
+        go mod init mongotap.local/jaeger-tool >build.log 2>&1 ||
+            { cat build.log >&2; exit 1; }
+        go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" >>build.log 2>&1 ||
+            { cat build.log >&2; exit 1; }
+        go build -o "$JAEGER_BIN.tmp" github.com/jaegertracing/jaeger/cmd/jaeger >>build.log 2>&1 ||
+            { cat build.log >&2; exit 1; }
+    )
+    mv -f "$JAEGER_BIN.tmp" "$JAEGER_BIN"
+    echo "$JAEGER_VERSION" >"$JAEGER_BIN.version"
+    chmod -R u+w "$work" && rm -rf "$work"
+}
+
+ensure_jaeger() {
+    _jaeger_ok || with_cache_lock _build_jaeger
+}
+
 # The venv is keyed by a hash of requirements.txt: changing a pin rebuilds it.
 _venv_ok() {
     local want
@@ -181,6 +219,7 @@ use_shared_target_dir() {
 export_test_env() {
     export MONGOTAP_FERRETDB=$FERRETDB_BIN
     export MONGOTAP_PYTHON=$VENV_DIR/bin/python
+    export MONGOTAP_JAEGER=$JAEGER_BIN
 }
 
 # start_ferretdb DIR: starts a throwaway FerretDB (SQLite files, state and

@@ -14,6 +14,8 @@
 //! - `topology`: replica-set mode's members, their listeners and the map
 //!   from member addresses to mongotap's; it needs only `config`.
 //! - `capture`: the recorder and capture files; it needs only `config`.
+//! - `otel`: the OpenTelemetry span exporter (its thread and bounded
+//!   queue) and `traceparent`; it needs only `config`.
 //! - `observe`: per-frame observation. Its `Observatory` holds what every
 //!   connection shares, including the capture and the settings swap; it
 //!   reaches auto-explain only through its `AutoExplain` trait.
@@ -42,6 +44,7 @@ mod layers_tests;
 mod logging;
 mod mongo_client;
 mod observe;
+mod otel;
 mod proxy;
 mod replay;
 mod settings;
@@ -174,6 +177,12 @@ impl ProxyArgs {
         }
         if let Some(v) = self.runtime {
             cfg.proxy.runtime = v;
+        }
+        // The standard OpenTelemetry variables tune an [otel] table; they
+        // do not turn export on by themselves (an app's sidecar may set
+        // them for the app).
+        if let Some(otel) = &mut cfg.otel {
+            otel.apply_env(|k| std::env::var(k).ok());
         }
         cfg.validate()?;
         Ok(cfg)

@@ -9,6 +9,7 @@ use crate::background::health::Health;
 use crate::config::Config;
 use crate::diagnose::live::Diagnoser;
 use crate::observe::{AutoDiagnose, AutoExplain, Observatory};
+use crate::otel::Otel;
 use crate::settings::tls::Tls;
 use crate::settings::{self, Reloadable, Settings};
 use crate::topology::ReplicaSet;
@@ -33,7 +34,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, tls: Tls, replica_set: Option<Arc<ReplicaSet>>) -> Self {
+    pub fn new(
+        config: Config,
+        tls: Tls,
+        replica_set: Option<Arc<ReplicaSet>>,
+        otel: Option<Arc<Otel>>,
+    ) -> Self {
         let settings = settings::swap(Reloadable::new(tls, &config));
         // Auto-explain connects to the same upstream the same way, with
         // the TLS settings in force at each explain.
@@ -63,6 +69,7 @@ impl Shared {
                 explain,
                 diagnose,
                 replica_set,
+                otel,
             )),
             settings,
             explainer,

@@ -1,5 +1,6 @@
 //! OP_MSG (opcode 2013): flag bits, one kind-0 body, any number of kind-1
-//! document sequences in any order, and an optional CRC-32C.
+//! document sequences in any order, and an optional CRC-32C. Also the
+//! proposed kind-3 section (a trace context), read rather than rejected.
 
 use crate::header::{finish, OpCode};
 use crate::read::{documents, Reader};
@@ -38,6 +39,14 @@ pub struct OpMsg<'a> {
     pub flags: u32,
     pub body: &'a RawDocument,
     pub sequences: Vec<DocSequence<'a>>,
+    /// A kind-3 section, `{otel: {traceparent: ...}}`: the command's trace
+    /// context, as proposed for drivers. Not in the OP_MSG spec yet, which
+    /// says a section kind the receiver does not know must close the
+    /// connection; it is read here (the last one wins) so that such a
+    /// frame is forwarded as sent and its trace joined, not rejected.
+    /// Encoding does not write it back: a frame that has one is never
+    /// re-encoded (the rewriter forwards it unchanged).
+    pub trace_context: Option<&'a RawDocument>,
     pub checksum: Option<u32>,
 }
 
@@ -105,6 +114,7 @@ pub fn parse(message: &[u8]) -> Result<OpMsg<'_>, DecodeError> {
     let mut body = None;
     let mut body_count = 0;
     let mut sequences = Vec::new();
+    let mut trace_context = None;
     while sections.remaining() > 0 {
         match sections.u8("section kind")? {
             0 => {
@@ -128,6 +138,7 @@ pub fn parse(message: &[u8]) -> Result<OpMsg<'_>, DecodeError> {
                     documents: docs,
                 });
             }
+            3 => trace_context = Some(sections.document("trace context")?),
             kind => return Err(DecodeError::UnknownSectionKind { kind }),
         }
     }
@@ -136,6 +147,7 @@ pub fn parse(message: &[u8]) -> Result<OpMsg<'_>, DecodeError> {
             flags,
             body,
             sequences,
+            trace_context,
             checksum,
         }),
         (_, count) => Err(DecodeError::BodyCount { count }),

@@ -221,7 +221,7 @@ fn unknown_optional_flag_bits_parse() {
 #[test]
 fn unknown_section_kind() {
     let body = insert_body();
-    for kind in [2u8, 3, 0xff] {
+    for kind in [2u8, 4, 0xff] {
         let bytes = build_msg(
             1,
             0,
@@ -232,6 +232,22 @@ fn unknown_section_kind() {
             DecodeError::UnknownSectionKind { kind }
         );
     }
+}
+
+/// The proposed kind-3 section (a trace context) is read, not rejected;
+/// it must hold one whole document like a body.
+#[test]
+fn kind_3_trace_context_is_read() {
+    let body = insert_body();
+    let ctx = bson::rawdoc! {"otel": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}};
+    let mut section = vec![3u8];
+    section.extend_from_slice(ctx.as_bytes());
+    let bytes = build_msg(1, 0, &[Section::Body(&body), Section::Raw(&section)]);
+    let msg = parse(&bytes).unwrap();
+    assert_eq!(msg.trace_context.map(|d| d.as_bytes()), Some(ctx.as_bytes()));
+    assert_eq!(msg.body.as_bytes(), body.as_bytes());
+    let truncated = build_msg(1, 0, &[Section::Body(&body), Section::Raw(&[3, 0, 0, 0, 0])]);
+    assert!(parse(&truncated).is_err());
 }
 
 #[test]

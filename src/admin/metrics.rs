@@ -334,6 +334,21 @@ impl Collector for ProxyCollector {
             "Aggregate diagnoses not started because diagnose.max_running were running",
             self.0.diagnoser.dropped(),
         )?;
+        // Only with [otel] on: absent series say export is off.
+        if let Some(otel) = &s.otel {
+            counter(
+                &mut enc,
+                "mongotap_otel_dropped",
+                "Spans not delivered: the export queue was full, or their export failed",
+                otel.counts.dropped.load(Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "mongotap_otel_exported",
+                "Spans the OTLP collector accepted",
+                otel.counts.exported.load(Relaxed),
+            )?;
+        }
         Ok(())
     }
 }

@@ -40,6 +40,9 @@ pub async fn run(obs: Arc<Observatory>, explainer: Arc<Explainer>, stop: Cancell
                 let age_ms = facts.age_ms(now);
                 d.diagnose(request_id, &facts, Trigger::Stalled { age_ms });
             }
+            if let (1, Some(otel)) = (report, &obs.otel) {
+                crate::observe::spans::stalled(otel, &obs, &facts, now);
+            }
         }
         if let Some(after_ms) = explainer.after_ms() {
             for (request_id, facts) in due_explains(&obs.tracker, after_ms, now) {

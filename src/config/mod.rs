@@ -7,9 +7,11 @@ use thiserror::Error;
 
 mod diagnose;
 mod health;
+mod otel;
 mod topology;
 pub use diagnose::DiagnoseConfig;
 pub use health::HealthConfig;
+pub use otel::OtelConfig;
 pub use topology::{listen_host, TopologyConfig};
 #[cfg(test)]
 pub use topology::{MemberConfig, TopologyMode};
@@ -43,6 +45,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub health: HealthConfig,
     pub topology: TopologyConfig,
+    /// OpenTelemetry export; absent, nothing is exported.
+    pub otel: Option<OtelConfig>,
     /// Which of proxy.listen and proxy.upstream the file or the flags set
     /// (replica-set mode replaces them, so setting them there is an error).
     #[serde(skip)]
@@ -419,6 +423,11 @@ impl Config {
         hide(&mut c.explain.password);
         hide(&mut c.diagnose.password);
         hide(&mut c.capture.control_token);
+        if let Some(otel) = &mut c.otel {
+            for v in otel.headers.values_mut() {
+                *v = "<redacted>".into();
+            }
+        }
         c
     }
 }

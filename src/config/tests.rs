@@ -240,3 +240,32 @@ fn printed_toml_reads_back_to_the_same_settings() {
         printed
     );
 }
+
+#[test]
+fn otel_is_off_without_its_table_and_the_env_tunes_it() {
+    assert!(Config::from_toml("").unwrap().otel.is_none());
+    let mut c = Config::from_toml(
+        "[otel]\nendpoint = \"http://collector:4318/\"\nheaders = { \"x-api-key\" = \"k\" }\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    let otel = c.otel.as_mut().unwrap();
+    assert_eq!(otel.traces_url(), "http://collector:4318/v1/traces");
+    assert_eq!(otel.service_name, "mongotap");
+    assert_eq!(otel.sample_ratio, 1.0);
+    otel.apply_env(|k| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:9999".into()),
+        "OTEL_SERVICE_NAME" => Some("checkout-db".into()),
+        _ => None,
+    });
+    assert_eq!(otel.traces_url(), "http://127.0.0.1:9999/v1/traces");
+    assert_eq!(otel.service_name, "checkout-db");
+    // An empty variable changes nothing.
+    otel.apply_env(|_| Some(String::new()));
+    assert_eq!(otel.service_name, "checkout-db");
+    let shown = c.redacted().to_toml().unwrap();
+    assert!(shown.contains("<redacted>") && !shown.contains("\"k\""), "{shown}");
+    assert!(invalid("[otel]\nsample_ratio = 1.5\n").contains("otel.sample_ratio"));
+    assert!(invalid("[otel]\nendpoint = \"collector:4318\"\n").contains("http://"));
+    assert!(invalid("[otel]\nmax_queue_size = 0\n").contains("max_queue_size"));
+}

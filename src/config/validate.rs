@@ -122,6 +122,9 @@ impl Config {
         }
         self.topology
             .validate(&self.proxy_addresses_given, &self.admin.listen)?;
+        if let Some(otel) = &self.otel {
+            otel.validate()?;
+        }
         self.health.validate()?;
         self.diagnose.validate()
     }

@@ -15,6 +15,7 @@ mod observatory;
 pub mod queries;
 mod reply;
 mod request;
+pub mod spans;
 pub mod stats;
 pub mod tracker;
 
@@ -247,6 +248,14 @@ impl ConnState {
                 } else {
                     obs.counters.never_replied.fetch_add(1, Relaxed);
                     events::never_replied(&p, now, &ending.reason);
+                }
+                if let Some(otel) = &obs.otel {
+                    let end = if client_went_first {
+                        spans::End::Abandoned
+                    } else {
+                        spans::End::NeverReplied
+                    };
+                    spans::command(otel, obs, &p, end, now);
                 }
             }
         }

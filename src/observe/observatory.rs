@@ -10,6 +10,7 @@ use crate::observe::meta::{ClientMeta, CommandSummary, Interner};
 use crate::observe::queries::ShapeTexts;
 use crate::observe::stats::Stats;
 use crate::observe::tracker::{RequestFacts, Tracker};
+use crate::otel::Otel;
 use crate::settings::Settings;
 use crate::topology::ReplicaSet;
 use bson::RawDocumentBuf;
@@ -155,6 +156,11 @@ pub struct Observatory {
     /// Replica-set mode's members and their listeners; `None` in direct
     /// mode. Hello replies are rewritten to name these listeners.
     pub replica_set: Option<Arc<ReplicaSet>>,
+    /// `[otel]` span export; `None` when off, and then no request does
+    /// any span work.
+    pub otel: Option<Arc<Otel>>,
+    /// proxy.upstream: the spans' `server.address` in direct mode.
+    pub upstream: String,
 }
 
 impl Observatory {
@@ -164,6 +170,7 @@ impl Observatory {
         explain: Option<Arc<dyn AutoExplain>>,
         diagnose: Option<Arc<dyn AutoDiagnose>>,
         replica_set: Option<Arc<ReplicaSet>>,
+        otel: Option<Arc<Otel>>,
     ) -> Self {
         Observatory {
             watch: config.watch.clone(),
@@ -184,6 +191,8 @@ impl Observatory {
             replica_set,
             warned_apps: DashMap::new(),
             warned_hosts: AtomicBool::new(false),
+            otel,
+            upstream: config.proxy.upstream.clone(),
         }
     }
 

@@ -3,8 +3,8 @@
 
 use super::{ConnState, Observe};
 use crate::observe::cursors::CursorInfo;
-use crate::observe::events;
 use crate::observe::stats::Sample;
+use crate::observe::{events, spans};
 use crate::observe::tracker::RequestFacts;
 use crate::observe::Trigger;
 use mongotap_proto::capture::Direction;
@@ -87,6 +87,9 @@ impl<'a> ReplyObserver<'a> {
         }
         if facts.awaiting {
             return;
+        }
+        if let Some(otel) = &obs.otel {
+            spans::command(otel, obs, &p, spans::End::Reply(reply), now);
         }
         let error = reply.is_error();
         let micros = elapsed.as_micros() as u64;

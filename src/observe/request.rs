@@ -7,6 +7,7 @@ use crate::observe::events;
 use crate::observe::meta::{ClientMeta, SummaryCache};
 use crate::observe::queries::ShapeCache;
 use crate::observe::tracker::{Pending, RequestFacts};
+use crate::otel::TraceParent;
 use bson::raw::RawBsonRef;
 use mongotap_proto::capture::Direction;
 use mongotap_proto::message::{with_message, Message};
@@ -48,6 +49,7 @@ impl<'a> RequestObserver<'a> {
         expects_reply: bool,
         db_fallback: &str,
         changes: &[FieldChange],
+        trace_context: Option<&bson::RawDocument>,
     ) {
         let obs = &self.conn.obs;
         if expects_reply {
@@ -113,6 +115,23 @@ impl<'a> RequestObserver<'a> {
                 .unwrap_or_default(),
             injected_max_time,
             query,
+            rewritten: !changes.is_empty(),
+            query_text: (obs.watch.log_values && obs.otel.is_some() && !awaiting)
+                .then(|| query_text(view))
+                .flatten(),
+            // Only with [otel] on; awaiting commands wait by design and
+            // get no span.
+            span: obs
+                .otel
+                .as_ref()
+                .filter(|_| !awaiting)
+                .map(|otel| {
+                    let from_section = trace_context
+                        .and_then(|d| d.get_document("otel").ok())
+                        .and_then(|d| d.get_str("traceparent").ok())
+                        .and_then(TraceParent::parse);
+                    otel.new_ids(from_section.or_else(|| view.comment.and_then(traceparent)))
+                }),
             explain_body: obs.explain.as_ref().and_then(|e| e.body_for(view)),
             diagnose: obs.diagnose.as_ref().and_then(|d| d.slot_for(view)),
         };
@@ -125,6 +144,48 @@ impl<'a> RequestObserver<'a> {
             events::started(self.conn, request_id, view, &self.meta);
         }
     }
+}
+
+/// The app's trace, from a `comment` that is a W3C traceparent string or a
+/// document with a `traceparent` string field.
+///
+/// The proposed OP_MSG section kind 3 (`{otel: {traceparent}}`) is read
+/// the same way, first (`command`). The current OP_MSG spec says a section
+/// kind the receiver does not know must close the connection, so servers
+/// reject it today; mongotap forwards it as sent and lets the server decide.
+fn traceparent(comment: RawBsonRef<'_>) -> Option<TraceParent> {
+    match comment {
+        RawBsonRef::String(s) => TraceParent::parse(s),
+        RawBsonRef::Document(d) => match d.get("traceparent") {
+            Ok(Some(RawBsonRef::String(s))) => TraceParent::parse(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The command body without the driver's session and cluster fields, as
+/// relaxed extended JSON, cut at 4 KiB; `None` for authentication commands.
+fn query_text(view: &CommandView<'_>) -> Option<Arc<str>> {
+    const MAX: usize = 4096;
+    const SKIP: [&str; 4] = ["lsid", "$clusterTime", "$db", "txnNumber"];
+    if view.is_sensitive() {
+        return None;
+    }
+    let mut doc = bson::Document::new();
+    for (key, value) in view.doc.iter().flatten() {
+        let key = key.as_str();
+        if SKIP.contains(&key) {
+            continue;
+        }
+        doc.insert(key, bson::Bson::try_from(value).ok()?);
+    }
+    let text = bson::Bson::Document(doc).into_relaxed_extjson().to_string();
+    let mut end = text.len().min(MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(Arc::from(&text[..end]))
 }
 
 /// A comment is shown when it is a short string; other types can carry
@@ -161,7 +222,15 @@ impl Observe for RequestObserver<'_> {
                     .capture_request(frame, &view, header.request_id, !more);
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
                 let changes = rewritten.as_ref().map_or(&[][..], |(_, c)| c);
-                self.command(header.request_id, &view, &msg.sequences, !more, "", changes);
+                self.command(
+                    header.request_id,
+                    &view,
+                    &msg.sequences,
+                    !more,
+                    "",
+                    changes,
+                    msg.trace_context,
+                );
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
@@ -169,7 +238,7 @@ impl Observe for RequestObserver<'_> {
                 self.conn
                     .capture_request(frame, &view, header.request_id, true);
                 self.note_legacy_rewrite(&view, q.db());
-                self.command(header.request_id, &view, &[], true, q.db(), &[]);
+                self.command(header.request_id, &view, &[], true, q.db(), &[], None);
                 Ok(None)
             }
             Message::Reply(_) => {
@@ -221,6 +290,11 @@ impl RequestObserver<'_> {
         let plan = rule.and_then(|rule| rewrite::plan(view, &rule.limits));
         let unknown_flags = msg.unknown_optional_flags();
         if plan.is_none() && unknown_flags == 0 {
+            return Ok(None);
+        }
+        // The encoder does not write a kind-3 section (a proposal, see
+        // op_msg.rs) back: such a frame goes through as the client sent it.
+        if msg.trace_context.is_some() {
             return Ok(None);
         }
         let dry_run = policy.mode == RewriteMode::DryRun;

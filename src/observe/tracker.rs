@@ -41,6 +41,14 @@ pub struct RequestFacts {
     /// The query shape (find, aggregate, count, distinct, update, delete,
     /// findAndModify): latency, errors and documents are kept per shape.
     pub query: Option<Arc<crate::observe::queries::QueryShape>>,
+    /// A rewrite rule changed the command (enforced, not dry-run).
+    pub rewritten: bool,
+    /// The command's span ids, with `[otel]` on (and not awaiting).
+    pub span: Option<crate::otel::SpanIds>,
+    /// The command as relaxed extended JSON, for the span's `db.query.text`:
+    /// only with `[otel]` on and `watch.log_values = true`, never for
+    /// authentication commands.
+    pub query_text: Option<Arc<str>>,
     /// A copy of a read-only aggregate's body, kept only when auto-explain
     /// is on, so the same pipeline can be explained.
     pub explain_body: Option<Arc<bson::RawDocumentBuf>>,
@@ -307,6 +315,9 @@ impl RequestFacts {
             killed_cursors: Vec::new(),
             injected_max_time: false,
             query: None,
+            rewritten: false,
+            span: None,
+            query_text: None,
             explain_body: None,
             diagnose: None,
         }

@@ -40,6 +40,9 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
+/// How long shutdown waits for the last spans to be exported.
+const OTEL_FLUSH_BOUND: Duration = Duration::from_secs(3);
+
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit(config.proxy.max_connections);
     // Direct mode: one listener for proxy.upstream. Replica-set mode: one
@@ -60,7 +63,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         (vec![(None, l)], None, None)
     };
     let tls = Tls::load(&config.tls, &config.proxy.upstream).context("cannot load TLS settings")?;
-    let shared = Arc::new(Shared::new(config, tls, replica_set));
+    let otel = match &config.otel {
+        Some(c) => Some(Arc::new(crate::otel::Otel::start(c)?)),
+        None => None,
+    };
+    let shared = Arc::new(Shared::new(config, tls, replica_set, otel));
     let shutdown = Shutdown {
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
@@ -210,6 +217,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // Flush and close the capture file last, after the final frames.
     let s = shared.observe.clone();
     let _ = tokio::task::spawn_blocking(move || s.capture.stop()).await;
+    // The last spans (the drain's never_replied ones too), within a bound:
+    // a dead collector must not hold up the exit.
+    if let Some(otel) = shared.observe.otel.clone() {
+        let _ = tokio::task::spawn_blocking(move || otel.stop(OTEL_FLUSH_BOUND)).await;
+    }
     info!("stopped");
     Ok(())
 }
