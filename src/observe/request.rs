@@ -45,12 +45,15 @@ impl<'a> RequestObserver<'a> {
         &mut self,
         request_id: i32,
         view: &CommandView<'_>,
-        sequences: &[op_msg::DocSequence<'_>],
+        // The OP_MSG the command came in (its document sequences and
+        // trace context), or `None` for a legacy OP_QUERY.
+        msg: Option<&OpMsg<'_>>,
         expects_reply: bool,
         db_fallback: &str,
         changes: &[FieldChange],
-        trace_context: Option<&bson::RawDocument>,
     ) {
+        let sequences = msg.map_or(&[][..], |m| &m.sequences[..]);
+        let trace_context = msg.and_then(|m| m.trace_context);
         let obs = &self.conn.obs;
         if expects_reply {
             self.conn.note_member_request(request_id, view.name);
@@ -222,15 +225,7 @@ impl Observe for RequestObserver<'_> {
                     .capture_request(frame, &view, header.request_id, !more);
                 let rewritten = self.rewrite(header, compressor, &msg, &view)?;
                 let changes = rewritten.as_ref().map_or(&[][..], |(_, c)| c);
-                self.command(
-                    header.request_id,
-                    &view,
-                    &msg.sequences,
-                    !more,
-                    "",
-                    changes,
-                    msg.trace_context,
-                );
+                self.command(header.request_id, &view, Some(&msg), !more, "", changes);
                 Ok(rewritten.map(|(bytes, _)| bytes))
             }
             Message::Query(q) => {
@@ -238,7 +233,7 @@ impl Observe for RequestObserver<'_> {
                 self.conn
                     .capture_request(frame, &view, header.request_id, true);
                 self.note_legacy_rewrite(&view, q.db());
-                self.command(header.request_id, &view, &[], true, q.db(), &[], None);
+                self.command(header.request_id, &view, None, true, q.db(), &[]);
                 Ok(None)
             }
             Message::Reply(_) => {
