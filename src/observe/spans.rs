@@ -34,6 +34,16 @@ pub fn command(otel: &Otel, obs: &Observatory, p: &Pending, end: End<'_, '_>, no
     let Some(ids) = facts.span else { return };
     let stalled = p.watch().stall_reports() > 0;
     let elapsed = now.saturating_duration_since(facts.started);
+    // Decided before anything is built: at a low sample ratio most
+    // commands end here, and must cost no more than this.
+    let failed = match &end {
+        End::Reply(reply) => reply.is_error(),
+        End::NeverReplied | End::Abandoned => true,
+    };
+    let slow = elapsed.as_millis() as u64 >= obs.watch.slow_ms;
+    if !(failed || stalled || slow || otel.sampled(&ids)) {
+        return;
+    }
     let mut attrs = base_attributes(obs, facts);
     attrs.push(KeyValue::new("mongotap.stalled", stalled));
     let status = match &end {
@@ -67,11 +77,6 @@ pub fn command(otel: &Otel, obs: &Observatory, p: &Pending, end: End<'_, '_>, no
             Status::error("the client closed the connection before the reply")
         }
     };
-    let failed = matches!(status, Status::Error { .. });
-    let slow = elapsed.as_millis() as u64 >= obs.watch.slow_ms;
-    if !(failed || stalled || slow || otel.sampled(&ids)) {
-        return;
-    }
     let clock = Clock::now();
     let mut events = SpanEvents::default();
     if stalled {
