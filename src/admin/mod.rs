@@ -1,8 +1,10 @@
 //! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
-//! /stats/shapes, /inflight, /cursors, /topology. Loopback by default; a token is
+//! /stats/shapes, /inflight, /cursors, /topology, and the kill switch
+//! (POST /inflight/{conn}/{request_id}/kill). Loopback by default; a token is
 //! required to bind anywhere else, and then on every route but /healthz and
 //! /readyz.
 
+mod kill;
 pub mod metrics;
 
 use crate::observe::stats::QuerySort;
@@ -51,8 +53,12 @@ pub fn start(
         .route("/readyz", get(readyz))
         .route("/capture/start", post(capture_start))
         .route("/capture/stop", post(capture_stop))
+        // Its own token check: 403 when admin.token is not set at all.
+        .route("/inflight/{conn}/{request_id}/kill", post(kill::kill))
         .with_state(shared);
     tasks.spawn(async move {
+        // The peer's address names who asked, in `killed` events.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

@@ -245,6 +245,25 @@ pub fn abandoned(p: &Pending, now: Instant) {
     );
 }
 
+/// An operator ended a command from the admin endpoint: who asked (the
+/// admin client's address), how (`close` or `killOp`) and the command's age.
+pub fn killed(
+    request_id: i32,
+    facts: &RequestFacts,
+    by: std::net::SocketAddr,
+    method: &str,
+    age_ms: u64,
+) {
+    command_event!(
+        warn,
+        request_id,
+        facts,
+        "killed",
+        { age_ms, by = %by, method, },
+        "{} on conn {} killed by {by} ({method}) after {age_ms} ms", facts.summary.command, facts.conn
+    );
+}
+
 /// A reply whose responseTo matched no pending request: its ids, its shape
 /// (ok, cursor, error code; never values) and the likely reason.
 pub fn unmatched_reply(

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// What a request said, and when: taken from the frame once and never
 /// changed after, so anyone may hold a copy (the watchdog copies the ones
@@ -166,6 +167,9 @@ pub struct ConnInflight {
     /// session reads it for every frame (the in-flight cap, drain, idle)
     /// without taking the lock, and it cannot drift from the table.
     len: AtomicUsize,
+    /// Cancelled by the admin endpoint's kill switch: the session's control
+    /// branch ends the connection, both sides, at once.
+    kill: CancellationToken,
 }
 
 impl ConnInflight {
@@ -198,6 +202,11 @@ impl ConnInflight {
     /// Commands on this connection that are not awaiting by design.
     pub fn waiting(&self) -> usize {
         self.lock().values().filter(|p| !p.facts.awaiting).count()
+    }
+
+    /// Cancelled when an operator kills a command on this connection.
+    pub fn kill_token(&self) -> &CancellationToken {
+        &self.kill
     }
 
     /// Takes every entry (the connection closed), oldest first.
@@ -242,6 +251,17 @@ impl Tracker {
                 f(p);
             }
         }
+    }
+
+    /// The kill switch: if `conn` has `request_id` pending, asks its session
+    /// to close the connection (the session's control branch ends it, and
+    /// the pending commands are reported as `never_replied`), and returns a
+    /// copy of the command's facts. `None` when there is no such command.
+    pub fn kill(&self, conn: u64, request_id: i32) -> Option<RequestFacts> {
+        let table = self.conns.get(&conn).map(|e| e.value().clone())?;
+        let facts = table.lock().get(&request_id).map(|p| p.facts.clone())?;
+        table.kill.cancel();
+        Some(facts)
     }
 
     /// Commands that are really waiting on the server (awaiting ones excluded).
