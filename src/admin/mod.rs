@@ -1,9 +1,11 @@
 //! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
-//! /stats/shapes, /inflight, /cursors, /topology, and the kill switch
+//! /stats/shapes, /inflight, /cursors, /topology, /events, /events/recent,
+//! and the kill switch
 //! (POST /inflight/{conn}/{request_id}/kill). Loopback by default; a token is
 //! required to bind anywhere else, and then on every route but /healthz and
 //! /readyz.
 
+mod events;
 mod kill;
 pub mod metrics;
 
@@ -41,6 +43,11 @@ pub fn start(
         .route("/inflight", get(inflight))
         .route("/cursors", get(cursors))
         .route("/topology", get(topology))
+        .route("/events/recent", get(events::recent))
+        .route("/events", {
+            let stop = stop.clone();
+            get(move |State(shared): S| async move { events::stream(shared, stop) })
+        })
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
