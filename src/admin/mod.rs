@@ -1,10 +1,11 @@
-//! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
+//! The admin HTTP endpoint: the console (/), /healthz, /readyz, /metrics, /stats,
 //! /stats/shapes, /inflight, /cursors, /topology, /events, /events/recent,
 //! and the kill switch
 //! (POST /inflight/{conn}/{request_id}/kill). Loopback by default; a token is
 //! required to bind anywhere else, and then on every route but /healthz and
 //! /readyz.
 
+mod console;
 mod events;
 mod kill;
 pub mod metrics;
@@ -53,6 +54,10 @@ pub fn start(
             require_token,
         ))
         .route("/healthz", get(|| async { "ok" }))
+        // The console's page holds no data: its scripts send the token.
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         // No token: orchestrators' readiness probes and load balancers'
         // health checks seldom can carry a secret, and the answer holds
         // nothing from client traffic (the configured upstream address and
