@@ -8,6 +8,7 @@
 mod console;
 mod events;
 mod kill;
+mod kill_op;
 pub mod metrics;
 
 use crate::observe::stats::QuerySort;

@@ -246,20 +246,22 @@ pub fn abandoned(p: &Pending, now: Instant) {
 }
 
 /// An operator ended a command from the admin endpoint: who asked (the
-/// admin client's address), how (`close` or `killOp`) and the command's age.
+/// admin client's address), how (`close` or `killOp`), the command's age,
+/// and why killOp did not end it (`kill_op`) when it did not.
 pub fn killed(
     request_id: i32,
     facts: &RequestFacts,
     by: std::net::SocketAddr,
     method: &str,
     age_ms: u64,
+    kill_op: Option<&str>,
 ) {
     command_event!(
         warn,
         request_id,
         facts,
         "killed",
-        { age_ms, by = %by, method, },
+        { age_ms, by = %by, method, kill_op, },
         "{} on conn {} killed by {by} ({method}) after {age_ms} ms", facts.summary.command, facts.conn
     );
 }
