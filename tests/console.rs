@@ -18,6 +18,7 @@ use support::{signal, Ferret, Mongotap};
 
 const T: Duration = Duration::from_secs(20);
 const TOKEN: &str = "console-test-token";
+const SECRET: &str = "SECRET-SKU-4711";
 
 fn tap_with_token(ferret: &Ferret) -> Mongotap {
     let upstream = ferret.addr().to_string();
@@ -48,7 +49,8 @@ async fn stuck_aggregate(
 ) -> (tokio::task::JoinHandle<(mongodb::error::Result<()>, Instant)>, Value) {
     let agg = tokio::spawn(async move {
         let pipeline = vec![
-            doc! {"$match": {"i": {"$gte": 1}}},
+            // A literal the page must never show.
+            doc! {"$match": {"i": {"$gte": 1}, "sku": {"$ne": SECRET}}},
             doc! {"$group": {"_id": "$g", "n": {"$sum": 1}}},
             doc! {"$sort": {"n": -1}},
         ];
@@ -60,10 +62,17 @@ async fn stuck_aggregate(
 }
 
 /// Runs cdp.py on the console with `steps`; returns what the steps kept.
-async fn browse(tap: &Mongotap, dir: &Path, steps: Value) -> Value {
+/// With `token`, the address carries it; without, the page must ask.
+async fn browse(tap: &Mongotap, dir: &Path, token: bool, steps: Value) -> Value {
+    let admin = tap.admin.expect("admin");
+    let url = if token {
+        format!("http://{admin}/#token={TOKEN}")
+    } else {
+        format!("http://{admin}/")
+    };
     let spec = json!({
         "chromium": std::env::var("MONGOTAP_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-        "url": format!("http://{}/#token={TOKEN}", tap.admin.expect("admin")),
+        "url": url,
         "user_data_dir": dir.join("chromium-profile"),
         "steps": steps,
     });
@@ -94,11 +103,13 @@ async fn the_console_shows_the_stuck_aggregate_and_its_kill_button_ends_it() {
     let seen = browse(
         &tap,
         dir.path(),
+        true,
         json!([
             {"wait": "document.querySelector('#inflight tr.stalled') && document.querySelector('#events tr[data-event=stalled]') && document.querySelector('#latency tbody tr')"},
             {"eval": row_js("#inflight tr.stalled"), "as": "row"},
             {"eval": row_js("#events tr[data-event=stalled]"), "as": "event"},
             {"eval": "document.getElementById('token-form').hidden", "as": "form_hidden"},
+            {"eval": format!("document.body.innerText.includes({SECRET:?})"), "as": "shows_literal"},
             {"screenshot": shot},
             {"click": "#inflight tr.stalled button.kill"},
             {"wait": "!document.querySelector('#inflight tr.stalled') && document.querySelector('#events tr[data-event=killed]')"},
@@ -116,6 +127,7 @@ async fn the_console_shows_the_stuck_aggregate_and_its_kill_button_ends_it() {
     assert_eq!(row["conn"], stalled["conn"].to_string());
     assert_eq!(row["request_id"], stalled["request_id"].to_string());
     assert_eq!(seen["form_hidden"], true, "the token from the address was used");
+    assert_eq!(seen["shows_literal"], false, "a filter's literal on the page");
     let event = &seen["event"];
     assert_eq!(event["app"], "console-test");
     assert_eq!(event["stages"], "$match > $group > $sort");
@@ -151,16 +163,22 @@ async fn the_console_shows_never_replied_once_ferretdb_dies() {
     let never = tap.wait_for_event_async("never_replied", T).await;
     assert!(tokio::time::timeout(T, agg).await.expect("returns").expect("join").0.is_err());
     let dir = tempfile::tempdir().expect("temp dir");
+    // No token in the address: the page asks for it, then shows the event.
     let seen = browse(
         &tap,
         dir.path(),
+        false,
         json!([
+            {"wait": "!document.getElementById('token-form').hidden"},
+            {"eval": "document.getElementById('error').textContent", "as": "asked"},
+            {"eval": format!("document.getElementById('token').value = {TOKEN:?}; document.querySelector('#token-form button').click(); true"), "as": "typed"},
             {"wait": "document.querySelector('#events tr[data-event=never_replied]')"},
             {"eval": row_js("#events tr[data-event=never_replied]"), "as": "event"},
             {"eval": "document.querySelectorAll('#inflight tbody tr').length", "as": "inflight_rows"},
         ]),
     )
     .await;
+    assert_eq!(seen["asked"], "admin.token required");
     let event = &seen["event"];
     assert_eq!(event["app"], "console-dies", "{seen}");
     assert_eq!(event["command"], "aggregate");
