@@ -58,6 +58,11 @@ impl EventFeed {
         out
     }
 
+    #[cfg(test)]
+    pub fn push_for_test(&self, json: &str) {
+        self.push(json.into());
+    }
+
     fn push(&self, event: Arc<str>) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());

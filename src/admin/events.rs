@@ -5,15 +5,16 @@
 //! A subscriber that falls `feed::SUBSCRIBER_LAG` events behind is sent a
 //! last `dropped` event and closed: it is never buffered for.
 
+use crate::feed::SUBSCRIBER_LAG;
 use crate::shared::Shared;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
 use tokio_util::sync::CancellationToken;
 
 pub async fn recent(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -29,8 +30,27 @@ pub fn stream(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = shared.feed.subscribe();
-    let events = futures_util::stream::unfold(Some((rx, stop)), |state| async move {
+    let events = items(shared.feed.subscribe(), stop).map(|item| {
+        Ok(match item {
+            Item::Event(json) => Event::default().data(&*json),
+            Item::Dropped(missed) => Event::default().event("dropped").data(format!(
+                "{{\"dropped\":true,\"missed\":{missed},\"reason\":\"this reader fell more than {SUBSCRIBER_LAG} events behind\"}}"
+            )),
+        })
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// What a subscriber is sent.
+#[derive(Debug, PartialEq)]
+enum Item {
+    Event(Arc<str>),
+    /// The reader fell behind by this many events: the last item.
+    Dropped(u64),
+}
+
+fn items(rx: Receiver<Arc<str>>, stop: CancellationToken) -> impl Stream<Item = Item> {
+    futures_util::stream::unfold(Some((rx, stop)), |state| async move {
         let (mut rx, stop) = state?;
         // Cancel-safe: `recv` loses nothing when `stop` wins; the stream
         // ends then anyway.
@@ -39,17 +59,43 @@ pub fn stream(
             next = rx.recv() => next,
         };
         match next {
-            Ok(json) => Some((Ok(Event::default().data(&*json)), Some((rx, stop)))),
+            Ok(json) => Some((Item::Event(json), Some((rx, stop)))),
             // Too slow: one last word, then the stream ends.
-            Err(RecvError::Lagged(missed)) => Some((
-                Ok(Event::default().event("dropped").data(format!(
-                    "{{\"dropped\":true,\"missed\":{missed},\"reason\":\"this reader fell more than {} events behind\"}}",
-                    crate::feed::SUBSCRIBER_LAG
-                ))),
-                None,
-            )),
+            Err(RecvError::Lagged(missed)) => Some((Item::Dropped(missed), None)),
             Err(RecvError::Closed) => None,
         }
-    });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::EventFeed;
+
+    /// A reader that has read nothing while more than SUBSCRIBER_LAG events
+    /// went by gets `Dropped` with the count it missed, and nothing after.
+    #[tokio::test]
+    async fn a_lagging_reader_gets_dropped_then_the_end() {
+        let feed = EventFeed::default();
+        let stop = CancellationToken::new();
+        let mut slow = Box::pin(items(feed.subscribe(), stop.clone()));
+        let mut live = Box::pin(items(feed.subscribe(), stop.clone()));
+        feed.push_for_test("{\"n\":0}");
+        assert_eq!(live.next().await, Some(Item::Event("{\"n\":0}".into())));
+        for n in 1..=SUBSCRIBER_LAG + 5 {
+            feed.push_for_test(&format!("{{\"n\":{n}}}"));
+        }
+        // Each counts what it missed: the one that read the first event
+        // missed one fewer.
+        assert_eq!(slow.next().await, Some(Item::Dropped(6)));
+        assert_eq!(slow.next().await, None);
+        assert_eq!(live.next().await, Some(Item::Dropped(5)));
+        assert_eq!(live.next().await, None);
+        // A new reader is served; `stop` ends it.
+        let mut fresh = Box::pin(items(feed.subscribe(), stop.clone()));
+        feed.push_for_test("{\"n\":-1}");
+        assert_eq!(fresh.next().await, Some(Item::Event("{\"n\":-1}".into())));
+        stop.cancel();
+        assert_eq!(fresh.next().await, None);
+    }
 }
