@@ -76,6 +76,12 @@ ensure_base_tools() {
     [ "${#pkgs[@]}" -eq 0 ] || ensure_apt "${pkgs[@]}"
 }
 
+# Headless Chromium for tests/console.rs (the incident console in a real
+# browser), from Debian's packages.
+ensure_chromium() {
+    command -v chromium >/dev/null || ensure_apt chromium
+}
+
 # Rust cannot come from apt (Debian 12 ships 1.63; the workspace needs 1.85+),
 # and rustup's site is not a package registry, so a missing toolchain is fatal.
 ensure_rust() {

@@ -39,6 +39,7 @@ mod background;
 mod capture;
 mod config;
 mod diagnose;
+mod feed;
 #[cfg(test)]
 mod layers_tests;
 mod logging;
@@ -247,7 +248,7 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
 
 fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
     let cfg = args.load()?;
-    logging::init(&cfg.log)?;
+    let feed = logging::init(&cfg.log)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let flavor = cfg.proxy.runtime.resolve(cpus);
     tracing::info!(
@@ -273,5 +274,5 @@ fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
         }
     }
     .context("cannot start the tokio runtime")?;
-    runtime.block_on(server::run(cfg, args.config.clone()))
+    runtime.block_on(server::run(cfg, args.config.clone(), feed))
 }

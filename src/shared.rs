@@ -30,6 +30,8 @@ pub struct Shared {
     pub diagnoser: Arc<Diagnoser>,
     /// What the upstream health probe last found (/readyz).
     pub health: Arc<Health>,
+    /// The log events, for /events and /events/recent.
+    pub feed: Arc<crate::feed::EventFeed>,
     next_conn_id: AtomicU64,
 }
 
@@ -39,6 +41,7 @@ impl Shared {
         tls: Tls,
         replica_set: Option<Arc<ReplicaSet>>,
         otel: Option<Arc<Otel>>,
+        feed: Arc<crate::feed::EventFeed>,
     ) -> Self {
         let settings = settings::swap(Reloadable::new(tls, &config));
         // Auto-explain connects to the same upstream the same way, with
@@ -75,6 +78,7 @@ impl Shared {
             explainer,
             diagnoser,
             health: Arc::new(Health::new(std::time::Instant::now())),
+            feed,
             config,
             next_conn_id: AtomicU64::new(1),
         }

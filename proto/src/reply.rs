@@ -28,6 +28,9 @@ pub struct ReplyView<'a> {
     /// hello's `hosts`: a replica set member list drivers will connect to.
     pub hosts: Option<&'a RawArray>,
     pub max_wire_version: Option<i64>,
+    /// hello's `connectionId`: the server's own id of this connection,
+    /// which `$currentOp` reports and `killOp` needs.
+    pub connection_id: Option<i64>,
     /// hello's negotiated `compression` list.
     pub compression: Option<&'a RawArray>,
     /// `n`: count's result (also what an update or delete matched).
@@ -68,6 +71,7 @@ impl<'a> ReplyView<'a> {
                 "topologyVersion" => v.has_topology_version = true,
                 "hosts" => v.hosts = value.as_array(),
                 "maxWireVersion" => v.max_wire_version = as_i64(value),
+                "connectionId" => v.connection_id = as_i64(value),
                 "compression" => v.compression = value.as_array(),
                 "n" => v.n = as_i64(value),
                 _ => {}

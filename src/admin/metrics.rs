@@ -228,6 +228,12 @@ impl Collector for ProxyCollector {
         )?;
         counter(
             &mut enc,
+            "mongotap_killed",
+            "Commands ended from the admin endpoint (POST /inflight/{conn}/{request_id}/kill)",
+            c.killed.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
             "mongotap_failed_commands",
             "Replies with ok: 0, writeErrors or writeConcernError",
             c.failed.load(Relaxed),

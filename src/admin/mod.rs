@@ -1,8 +1,14 @@
-//! The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats,
-//! /stats/shapes, /inflight, /cursors, /topology. Loopback by default; a token is
+//! The admin HTTP endpoint: the console (/), /healthz, /readyz, /metrics, /stats,
+//! /stats/shapes, /inflight, /cursors, /topology, /events, /events/recent,
+//! and the kill switch
+//! (POST /inflight/{conn}/{request_id}/kill). Loopback by default; a token is
 //! required to bind anywhere else, and then on every route but /healthz and
 //! /readyz.
 
+mod console;
+mod events;
+mod kill;
+mod kill_op;
 pub mod metrics;
 
 use crate::observe::stats::QuerySort;
@@ -39,11 +45,20 @@ pub fn start(
         .route("/inflight", get(inflight))
         .route("/cursors", get(cursors))
         .route("/topology", get(topology))
+        .route("/events/recent", get(events::recent))
+        .route("/events", {
+            let stop = stop.clone();
+            get(move |State(shared): S| async move { events::stream(shared, stop) })
+        })
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
         ))
         .route("/healthz", get(|| async { "ok" }))
+        // The console's page holds no data: its scripts send the token.
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         // No token: orchestrators' readiness probes and load balancers'
         // health checks seldom can carry a secret, and the answer holds
         // nothing from client traffic (the configured upstream address and
@@ -51,8 +66,12 @@ pub fn start(
         .route("/readyz", get(readyz))
         .route("/capture/start", post(capture_start))
         .route("/capture/stop", post(capture_stop))
+        // Its own token check: 403 when admin.token is not set at all.
+        .route("/inflight/{conn}/{request_id}/kill", post(kill::kill))
         .with_state(shared);
     tasks.spawn(async move {
+        // The peer's address names who asked, in `killed` events.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

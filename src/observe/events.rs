@@ -245,6 +245,27 @@ pub fn abandoned(p: &Pending, now: Instant) {
     );
 }
 
+/// An operator ended a command from the admin endpoint: who asked (the
+/// admin client's address), how (`close` or `killOp`), the command's age,
+/// and why killOp did not end it (`kill_op`) when it did not.
+pub fn killed(
+    request_id: i32,
+    facts: &RequestFacts,
+    by: std::net::SocketAddr,
+    method: &str,
+    age_ms: u64,
+    kill_op: Option<&str>,
+) {
+    command_event!(
+        warn,
+        request_id,
+        facts,
+        "killed",
+        { age_ms, by = %by, method, kill_op, },
+        "{} on conn {} killed by {by} ({method}) after {age_ms} ms", facts.summary.command, facts.conn
+    );
+}
+
 /// A reply whose responseTo matched no pending request: its ids, its shape
 /// (ok, cursor, error code; never values) and the likely reason.
 pub fn unmatched_reply(

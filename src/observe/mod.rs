@@ -183,6 +183,12 @@ impl ConnState {
         recent.why(response_to)
     }
 
+    /// Cancelled when an operator kills one of this connection's commands
+    /// (`POST /inflight/{conn}/{request_id}/kill`).
+    pub fn kill_token(&self) -> &tokio_util::sync::CancellationToken {
+        self.inflight.kill_token()
+    }
+
     pub fn pending(&self) -> usize {
         self.inflight.len()
     }

@@ -44,6 +44,8 @@ pub struct Counters {
     pub stalled: AtomicU64,
     pub never_replied: AtomicU64,
     pub abandoned: AtomicU64,
+    /// Commands ended by the admin endpoint's kill switch.
+    pub killed: AtomicU64,
     pub cursors_leaked: AtomicU64,
     pub failed: AtomicU64,
     pub rewrites: AtomicU64,

@@ -82,6 +82,9 @@ impl<'a> ReplyObserver<'a> {
         if let Some(hosts) = reply.hosts {
             events::warn_replica_set_hosts(obs, hosts);
         }
+        if let Some(id) = reply.connection_id {
+            self.conn.inflight.set_server_conn_id(id);
+        }
         if let Some(wire) = reply.max_wire_version {
             crate::observe::compat::check(obs, &facts.meta, wire);
         }

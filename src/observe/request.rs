@@ -41,6 +41,7 @@ impl<'a> RequestObserver<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments, reason = "the frame's parts, each read once by the caller")]
     fn command(
         &mut self,
         request_id: i32,

@@ -6,9 +6,10 @@ use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// What a request said, and when: taken from the frame once and never
 /// changed after, so anyone may hold a copy (the watchdog copies the ones
@@ -166,6 +167,13 @@ pub struct ConnInflight {
     /// session reads it for every frame (the in-flight cap, drain, idle)
     /// without taking the lock, and it cannot drift from the table.
     len: AtomicUsize,
+    /// Cancelled by the admin endpoint's kill switch: the session's control
+    /// branch ends the connection, both sides, at once.
+    kill: CancellationToken,
+    /// The server's id of the upstream connection (hello's
+    /// `connectionId`), 0 until a hello reply names it: the kill switch
+    /// finds the operation by it for `killOp`.
+    server_conn_id: AtomicI64,
 }
 
 impl ConnInflight {
@@ -198,6 +206,16 @@ impl ConnInflight {
     /// Commands on this connection that are not awaiting by design.
     pub fn waiting(&self) -> usize {
         self.lock().values().filter(|p| !p.facts.awaiting).count()
+    }
+
+    /// Notes the server's id of the upstream connection (from hello).
+    pub fn set_server_conn_id(&self, id: i64) {
+        self.server_conn_id.store(id, Relaxed);
+    }
+
+    /// Cancelled when an operator kills a command on this connection.
+    pub fn kill_token(&self) -> &CancellationToken {
+        &self.kill
     }
 
     /// Takes every entry (the connection closed), oldest first.
@@ -242,6 +260,25 @@ impl Tracker {
                 f(p);
             }
         }
+    }
+
+    /// The kill switch: asks `conn`'s session to close the connection,
+    /// both sides (its control branch ends it, and its pending commands are
+    /// reported as `never_replied`). Nothing if it has closed already.
+    pub fn close(&self, conn: u64) {
+        if let Some(table) = self.conns.get(&conn).map(|e| e.value().clone()) {
+            table.kill.cancel();
+        }
+    }
+
+    /// The command `request_id` on `conn`, if pending, and the server's id
+    /// of its upstream connection, if a hello reply named it: what the kill
+    /// switch needs to try `killOp` before it closes the connection.
+    pub fn find(&self, conn: u64, request_id: i32) -> Option<(RequestFacts, Option<i64>)> {
+        let table = self.conns.get(&conn).map(|e| e.value().clone())?;
+        let facts = table.lock().get(&request_id).map(|p| p.facts.clone())?;
+        let server_conn = Some(table.server_conn_id.load(Relaxed)).filter(|&id| id != 0);
+        Some((facts, server_conn))
     }
 
     /// Commands that are really waiting on the server (awaiting ones excluded).

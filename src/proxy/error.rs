@@ -56,6 +56,9 @@ pub enum SessionError {
     },
     #[error("no traffic and nothing pending for {ms} ms (proxy.idle_timeout_ms)")]
     Idle { ms: u64 },
+    // The pending commands' `never_replied` events carry this as reason.
+    #[error("killed from the admin endpoint (POST /inflight/{{conn}}/{{request_id}}/kill)")]
+    Killed,
     #[error("{side} connection failed: {source}")]
     Io { side: Side, source: std::io::Error },
 }

@@ -43,7 +43,11 @@ fn raise_fd_limit(max_connections: usize) {
 /// How long shutdown waits for the last spans to be exported.
 const OTEL_FLUSH_BOUND: Duration = Duration::from_secs(3);
 
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    feed: Arc<crate::feed::EventFeed>,
+) -> anyhow::Result<()> {
     raise_fd_limit(config.proxy.max_connections);
     // Direct mode: one listener for proxy.upstream. Replica-set mode: one
     // per member, and more as members are discovered.
@@ -67,7 +71,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         Some(c) => Some(Arc::new(crate::otel::Otel::start(c)?)),
         None => None,
     };
-    let shared = Arc::new(Shared::new(config, tls, replica_set, otel));
+    let shared = Arc::new(Shared::new(config, tls, replica_set, otel, feed));
     let shutdown = Shutdown {
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),

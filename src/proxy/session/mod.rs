@@ -152,6 +152,10 @@ pub async fn run(
         drop(control);
         match event {
             Control::Abort => break End::Shutdown,
+            // Dropping both halves closes the client's connection (its
+            // driver errors at once) and the upstream's (the server
+            // interrupts an operation whose client went away).
+            Control::Killed => break End::Failed(SessionError::Killed),
             Control::Drain => draining = true,
             Control::Tick => {
                 conn_state.flush();
@@ -182,6 +186,8 @@ pub async fn run(
 enum Control {
     /// The drain deadline passed.
     Abort,
+    /// An operator killed a command on this connection.
+    Killed,
     /// Shutdown began: finish what is pending.
     Drain,
     /// Time to publish samples and check the idle timeout.
@@ -201,10 +207,11 @@ async fn control(
     // select. `cancelled` holds no state, a tick not taken stays due, and
     // `wait_for_slot` registers for the next completion before it checks
     // the count, so a reply that lands between two polls is not missed.
-    // Biased so abort wins over a due tick.
+    // Biased so abort and kill win over a due tick.
     tokio::select! {
         biased;
         _ = abort.cancelled() => Control::Abort,
+        _ = conn.kill_token().cancelled() => Control::Killed,
         _ = drain.cancelled(), if !draining => Control::Drain,
         _ = flush.tick() => Control::Tick,
         () = conn.wait_for_slot(1), if draining => Control::DrainCheck,
