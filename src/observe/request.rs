@@ -41,7 +41,6 @@ impl<'a> RequestObserver<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments, reason = "the frame's parts, each read once by the caller")]
     fn command(
         &mut self,
         request_id: i32,
