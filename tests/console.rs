@@ -24,7 +24,14 @@ fn tap_with_token(ferret: &Ferret) -> Mongotap {
     let upstream = ferret.addr().to_string();
     Mongotap::spawn_config(
         &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
-        &["--listen", "127.0.0.1:0", "--upstream", &upstream, "--stall-ms", "300"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--stall-ms",
+            "300",
+        ],
     )
 }
 
@@ -46,7 +53,10 @@ async fn seeded(tap: &Mongotap, app: &str) -> Collection<Document> {
 async fn stuck_aggregate(
     tap: &Mongotap,
     coll: Collection<Document>,
-) -> (tokio::task::JoinHandle<(mongodb::error::Result<()>, Instant)>, Value) {
+) -> (
+    tokio::task::JoinHandle<(mongodb::error::Result<()>, Instant)>,
+    Value,
+) {
     let agg = tokio::spawn(async move {
         let pipeline = vec![
             // A literal the page must never show.
@@ -126,15 +136,24 @@ async fn the_console_shows_the_stuck_aggregate_and_its_kill_button_ends_it() {
     assert_eq!(row["badge"], "STALLED");
     assert_eq!(row["conn"], stalled["conn"].to_string());
     assert_eq!(row["request_id"], stalled["request_id"].to_string());
-    assert_eq!(seen["form_hidden"], true, "the token from the address was used");
-    assert_eq!(seen["shows_literal"], false, "a filter's literal on the page");
+    assert_eq!(
+        seen["form_hidden"], true,
+        "the token from the address was used"
+    );
+    assert_eq!(
+        seen["shows_literal"], false,
+        "a filter's literal on the page"
+    );
     let event = &seen["event"];
     assert_eq!(event["app"], "console-test");
     assert_eq!(event["stages"], "$match > $group > $sort");
 
     // The click ended the command: the driver got an error, mongotap says
     // the browser asked, and the page shows it.
-    let (result, _) = tokio::time::timeout(T, agg).await.expect("returns").expect("join");
+    let (result, _) = tokio::time::timeout(T, agg)
+        .await
+        .expect("returns")
+        .expect("join");
     assert!(result.is_err(), "the killed aggregate fails");
     let killed = tap.wait_for_event_async("killed", T).await;
     assert_eq!(killed["request_id"], stalled["request_id"]);
@@ -145,7 +164,11 @@ async fn the_console_shows_the_stuck_aggregate_and_its_kill_button_ends_it() {
     assert_eq!(seen["killed"]["app"], "console-test");
 
     let png = std::fs::read(&shot).expect("screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
     if let Ok(out) = std::env::var("MONGOTAP_CONSOLE_PNG") {
         std::fs::copy(&shot, out).expect("copy screenshot");
     }
@@ -161,7 +184,12 @@ async fn the_console_shows_never_replied_once_ferretdb_dies() {
     let (agg, stalled) = stuck_aggregate(&tap, coll).await;
     ferret.kill();
     let never = tap.wait_for_event_async("never_replied", T).await;
-    assert!(tokio::time::timeout(T, agg).await.expect("returns").expect("join").0.is_err());
+    assert!(tokio::time::timeout(T, agg)
+        .await
+        .expect("returns")
+        .expect("join")
+        .0
+        .is_err());
     let dir = tempfile::tempdir().expect("temp dir");
     // No token in the address: the page asks for it, then shows the event.
     let seen = browse(

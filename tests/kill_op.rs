@@ -32,8 +32,20 @@ fn script(req: &Received) -> Vec<Step> {
             doc
         }
         "aggregate" if cmd.get_str("$db").ok() == Some("admin") => {
-            let stage = cmd.get_array("pipeline").unwrap().into_iter().nth(1).unwrap().unwrap();
-            let wanted = stage.as_document().unwrap().get_document("$match").unwrap().get_i64("connectionId").unwrap();
+            let stage = cmd
+                .get_array("pipeline")
+                .unwrap()
+                .into_iter()
+                .nth(1)
+                .unwrap()
+                .unwrap();
+            let wanted = stage
+                .as_document()
+                .unwrap()
+                .get_document("$match")
+                .unwrap()
+                .get_i64("connectionId")
+                .unwrap();
             rawdoc! {"cursor": {"firstBatch": [{"opid": 9000 + wanted as i32}], "id": 0_i64, "ns": "admin.$cmd.aggregate"}, "ok": 1.0}
         }
         // The stuck one: never answered.
@@ -53,7 +65,12 @@ async fn kill_runs_kill_op_on_the_operation_the_server_names() {
     let upstream = Scripted::start(script).await;
     let tap = Mongotap::spawn_config(
         &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
-        &["--listen", "127.0.0.1:0", "--upstream", &upstream.addr.to_string()],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.addr.to_string(),
+        ],
     );
     let admin = tap.admin.expect("admin");
     let mut client = RawClient::connect(tap.listen).await;
@@ -67,7 +84,12 @@ async fn kill_runs_kill_op_on_the_operation_the_server_names() {
     let deadline = Instant::now() + T;
     let row = loop {
         let rows = get_json(admin, "/inflight", TOKEN);
-        if let Some(r) = rows.as_array().unwrap().iter().find(|r| r["command"] == "aggregate") {
+        if let Some(r) = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["command"] == "aggregate")
+        {
             break r.clone();
         }
         assert!(Instant::now() < deadline, "the aggregate never pending");
@@ -87,10 +109,17 @@ async fn kill_runs_kill_op_on_the_operation_the_server_names() {
     assert_eq!(op, 9000 + server_conn);
     // And the connection was closed as well: the client sees it at once.
     assert!(client.recv(T).await.is_none(), "the connection closes");
-    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     let ev = tap.wait_for_event_async("killed", T).await;
     assert_eq!(ev["method"], "killOp");
     assert_eq!(ev["request_id"], row["request_id"]);
     assert_eq!(ev["stages"], "$match");
-    assert!(ev.get("kill_op").is_none(), "no killOp failure to report: {ev}");
+    assert!(
+        ev.get("kill_op").is_none(),
+        "no killOp failure to report: {ev}"
+    );
 }

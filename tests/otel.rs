@@ -6,11 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-mod support;
 #[path = "support/jaeger.rs"]
 mod jaeger;
 #[path = "support/prom.rs"]
 mod prom;
+mod support;
 
 use jaeger::{named, tag, Jaeger};
 use mongodb::bson::{doc, Document};
@@ -55,7 +55,10 @@ fn micros_since_epoch(t: SystemTime) -> i64 {
 fn assert_within(span: &Value, before: SystemTime, after: SystemTime) {
     let start = span["startTime"].as_i64().unwrap();
     let end = start + span["duration"].as_i64().unwrap();
-    let (lo, hi) = (micros_since_epoch(before) - 1_000, micros_since_epoch(after) + 1_000);
+    let (lo, hi) = (
+        micros_since_epoch(before) - 1_000,
+        micros_since_epoch(after) + 1_000,
+    );
     assert!(
         lo <= start && start <= end && end <= hi,
         "span [{start}, {end}] µs outside the client's [{lo}, {hi}]: {span}"
@@ -74,7 +77,10 @@ async fn driver_commands_arrive_in_jaeger_with_their_attributes_and_no_values() 
     let jaeger = Jaeger::start();
     let service = "mongotap-attrs";
     let upstream = ferret.addr().to_string();
-    let tap = Mongotap::spawn_config(&otel_config(&upstream, &jaeger.endpoint(), service, ""), &[]);
+    let tap = Mongotap::spawn_config(
+        &otel_config(&upstream, &jaeger.endpoint(), service, ""),
+        &[],
+    );
     let db_name = unique_db("otel_attrs");
     let c = client(&tap.uri(), "otel-rust").await;
     let coll = c.database(&db_name).collection::<Document>("orders");
@@ -105,16 +111,26 @@ async fn driver_commands_arrive_in_jaeger_with_their_attributes_and_no_values() 
     let t4 = SystemTime::now();
     let groups: Vec<Document> = {
         use futures_util::TryStreamExt;
-        coll.aggregate(pipeline).await.expect("aggregate").try_collect().await.expect("agg")
+        coll.aggregate(pipeline)
+            .await
+            .expect("aggregate")
+            .try_collect()
+            .await
+            .expect("agg")
     };
     let t5 = SystemTime::now();
     assert_eq!(groups.len(), 2);
 
     let spans = jaeger
         .wait_spans(service, "insert, find, getMore and aggregate spans", |s| {
-            ["insert orders", "find orders", "getMore orders", "aggregate orders"]
-                .iter()
-                .all(|n| named(s, n).is_some())
+            [
+                "insert orders",
+                "find orders",
+                "getMore orders",
+                "aggregate orders",
+            ]
+            .iter()
+            .all(|n| named(s, n).is_some())
         })
         .await;
     for (name, op) in [
@@ -140,8 +156,14 @@ async fn driver_commands_arrive_in_jaeger_with_their_attributes_and_no_values() 
         assert_eq!(tag(s, "mongotap.stalled"), Some(&json!(false)), "{name}");
         assert_eq!(tag(s, "mongotap.rewritten"), Some(&json!(false)), "{name}");
         assert!(tag(s, "error").is_none(), "{name} succeeded: {s}");
-        assert!(tag(s, "db.query.text").is_none(), "{name}: log_values is off");
-        assert!(s["references"].as_array().is_none_or(Vec::is_empty), "{name} is a root");
+        assert!(
+            tag(s, "db.query.text").is_none(),
+            "{name}: log_values is off"
+        );
+        assert!(
+            s["references"].as_array().is_none_or(Vec::is_empty),
+            "{name} is a root"
+        );
     }
     assert_within(named(&spans, "insert orders").unwrap(), t0, t1);
     assert_within(named(&spans, "find orders").unwrap(), t1, t2);
@@ -186,8 +208,14 @@ async fn a_traceparent_comment_makes_the_span_a_child_in_the_apps_trace() {
     // At ratio 0 only the app's sampled flag keeps these spans. With
     // log_values on, the span carries the command's text.
     let extra = "sample_ratio = 0.0\n[watch]\nlog_values = true";
-    let tap = Mongotap::spawn_config(&otel_config(&upstream, &jaeger.endpoint(), service, extra), &[]);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let tap = Mongotap::spawn_config(
+        &otel_config(&upstream, &jaeger.endpoint(), service, extra),
+        &[],
+    );
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let trace_a = format!("{:032x}", nanos ^ 0x5eed_0000_0000_0000_0000_0000_0000_0001);
     let trace_b = format!("{:032x}", nanos ^ 0x0bad_0000_0000_0000_0000_0000_0000_0002);
     let (parent_a, parent_b) = ("00f067aa0ba902b7", "b7ad6b7169203331");
@@ -216,8 +244,9 @@ async fn a_traceparent_comment_makes_the_span_a_child_in_the_apps_trace() {
         assert_eq!(span["traceID"], trace, "{span}");
         let refs = span["references"].as_array().cloned().unwrap_or_default();
         assert!(
-            refs.iter()
-                .any(|r| r["refType"] == "CHILD_OF" && r["spanID"] == parent && r["traceID"] == trace),
+            refs.iter().any(|r| r["refType"] == "CHILD_OF"
+                && r["spanID"] == parent
+                && r["traceID"] == trace),
             "not a child of {parent}: {span}"
         );
     };
@@ -227,7 +256,10 @@ async fn a_traceparent_comment_makes_the_span_a_child_in_the_apps_trace() {
     for sent in ["\"aggregate\":\"items\"", "\"$group\"", &trace_a] {
         assert!(text.contains(sent), "db.query.text lacks {sent}: {text}");
     }
-    assert!(!text.contains("lsid"), "session fields are left out: {text}");
+    assert!(
+        !text.contains("lsid"),
+        "session fields are left out: {text}"
+    );
     let second = named(&spans, "aggregate items_other").unwrap();
     child_of(second, &trace_b, parent_b);
     // The cursor id the driver received, as the span names it.
@@ -236,7 +268,10 @@ async fn a_traceparent_comment_makes_the_span_a_child_in_the_apps_trace() {
         Some(driver_cursor)
     );
     // Commands without a traceparent (the insert) fall to ratio 0.0.
-    assert!(named(&spans, "insert items").is_none(), "ratio 0 kept an unsampled span");
+    assert!(
+        named(&spans, "insert items").is_none(),
+        "ratio 0 kept an unsampled span"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,18 +286,24 @@ async fn a_stalled_then_killed_command_shows_while_stuck_then_ends_in_error() {
         &["--stall-ms", &stall_ms.to_string()],
     );
     let c = client(&tap.uri(), "otel-stall").await;
-    let coll = c.database(&unique_db("otel_stall")).collection::<Document>("jobs");
+    let coll = c
+        .database(&unique_db("otel_stall"))
+        .collection::<Document>("jobs");
     coll.insert_one(doc! {"i": 1}).await.expect("insert");
 
     signal(ferret.pid(), "STOP");
     let sent = Instant::now();
     let agg = tokio::spawn(async move {
-        coll.aggregate(vec![doc! {"$match": {"i": 1}}]).await.map(|_| ())
+        coll.aggregate(vec![doc! {"$match": {"i": 1}}])
+            .await
+            .map(|_| ())
     });
     // Visible before it ends: the "stalled" span arrives while FerretDB
     // is still frozen.
     let spans = jaeger
-        .wait_spans(service, "a stalled span", |s| named(s, "stalled aggregate jobs").is_some())
+        .wait_spans(service, "a stalled span", |s| {
+            named(s, "stalled aggregate jobs").is_some()
+        })
         .await;
     assert!(!agg.is_finished(), "the aggregate is still stuck");
     let stalled = named(&spans, "stalled aggregate jobs").unwrap();
@@ -272,7 +313,9 @@ async fn a_stalled_then_killed_command_shows_while_stuck_then_ends_in_error() {
     ferret.kill();
     let _ = tokio::time::timeout(Duration::from_secs(30), agg).await;
     let spans = jaeger
-        .wait_spans(service, "the aggregate's span", |s| named(s, "aggregate jobs").is_some())
+        .wait_spans(service, "the aggregate's span", |s| {
+            named(s, "aggregate jobs").is_some()
+        })
         .await;
     let span = named(&spans, "aggregate jobs").unwrap();
     assert_eq!(tag(span, "error"), Some(&json!(true)), "{span}");
@@ -355,7 +398,11 @@ async fn a_dead_or_hanging_collector_never_slows_forwarding_and_counts_drops() {
         v[v.len() / 2]
     };
     let [mut off_rtt, mut dead_rtt, mut hang_rtt] = rtts;
-    let (off_m, dead_m, hang_m) = (median(&mut off_rtt), median(&mut dead_rtt), median(&mut hang_rtt));
+    let (off_m, dead_m, hang_m) = (
+        median(&mut off_rtt),
+        median(&mut dead_rtt),
+        median(&mut hang_rtt),
+    );
     println!("median ping µs: off {off_m}, dead collector {dead_m}, hanging collector {hang_m}");
     // A generous margin: only waiting on export (seconds) could break it.
     for (what, m) in [("dead", dead_m), ("hanging", hang_m)] {
@@ -380,14 +427,25 @@ async fn a_dead_or_hanging_collector_never_slows_forwarding_and_counts_drops() {
     let warned = on_dead
         .logs()
         .iter()
-        .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("otel: export failed")))
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("otel: export failed"))
+        })
         .count();
     assert_eq!(warned, 1, "export errors are logged once a minute at most");
     // Hanging: the exporter holds one batch (16) and the queue 64; the
     // rest of the pings' spans were dropped without anyone waiting.
     let dropped = metric(&on_hanging, "mongotap_otel_dropped_total");
-    assert!(dropped >= sent - 80.0, "hanging collector: {dropped} dropped of {sent}");
-    assert_eq!(metric(&off, "mongotap_otel_dropped_total"), 0.0, "off: no series");
+    assert!(
+        dropped >= sent - 80.0,
+        "hanging collector: {dropped} dropped of {sent}"
+    );
+    assert_eq!(
+        metric(&off, "mongotap_otel_dropped_total"),
+        0.0,
+        "off: no series"
+    );
 }
 
 /// The proposed OP_MSG section kind 3 (`{otel: {traceparent}}`): mongotap
@@ -400,8 +458,14 @@ async fn a_kind_3_trace_context_section_joins_the_trace_and_is_not_rejected() {
     let jaeger = Jaeger::start();
     let service = "mongotap-kind3";
     let upstream = ferret.addr().to_string();
-    let tap = Mongotap::spawn_config(&otel_config(&upstream, &jaeger.endpoint(), service, ""), &[]);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let tap = Mongotap::spawn_config(
+        &otel_config(&upstream, &jaeger.endpoint(), service, ""),
+        &[],
+    );
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let trace = format!("{:032x}", nanos ^ 0x3333_0000_0000_0000_0000_0000_0000_0003);
     let parent = "0123456789abcdef";
     let body = mongodb::bson::rawdoc! {"ping": 1, "$db": "admin"};
@@ -430,7 +494,8 @@ async fn a_kind_3_trace_context_section_joins_the_trace_and_is_not_rejected() {
     let refs = ping["references"].as_array().cloned().unwrap_or_default();
     assert!(refs.iter().any(|r| r["spanID"] == parent), "{ping}");
     assert!(
-        tap.events("decode_error").is_empty() && metric(&tap, "mongotap_decode_errors_total") == 0.0,
+        tap.events("decode_error").is_empty()
+            && metric(&tap, "mongotap_decode_errors_total") == 0.0,
         "mongotap rejected the frame: {:?}",
         tap.logs()
     );
@@ -444,15 +509,21 @@ async fn shutdown_sends_the_last_spans() {
     let jaeger = Jaeger::start();
     let service = "mongotap-shutdown";
     let upstream = ferret.addr().to_string();
-    let mut tap =
-        Mongotap::spawn_config(&otel_config(&upstream, &jaeger.endpoint(), service, ""), &[]);
+    let mut tap = Mongotap::spawn_config(
+        &otel_config(&upstream, &jaeger.endpoint(), service, ""),
+        &[],
+    );
     let c = client(&tap.uri(), "otel-shutdown").await;
-    let coll = c.database(&unique_db("otel_shutdown")).collection::<Document>("last");
+    let coll = c
+        .database(&unique_db("otel_shutdown"))
+        .collection::<Document>("last");
     coll.insert_one(doc! {"i": 1}).await.expect("insert");
     drop(c);
     let status = tokio::task::block_in_place(|| tap.terminate(Duration::from_secs(20)));
     assert!(status.success(), "{status}");
     jaeger
-        .wait_spans(service, "the last insert", |s| named(s, "insert last").is_some())
+        .wait_spans(service, "the last insert", |s| {
+            named(s, "insert last").is_some()
+        })
         .await;
 }

@@ -244,9 +244,16 @@ fn kind_3_trace_context_is_read() {
     section.extend_from_slice(ctx.as_bytes());
     let bytes = build_msg(1, 0, &[Section::Body(&body), Section::Raw(&section)]);
     let msg = parse(&bytes).unwrap();
-    assert_eq!(msg.trace_context.map(|d| d.as_bytes()), Some(ctx.as_bytes()));
+    assert_eq!(
+        msg.trace_context.map(|d| d.as_bytes()),
+        Some(ctx.as_bytes())
+    );
     assert_eq!(msg.body.as_bytes(), body.as_bytes());
-    let truncated = build_msg(1, 0, &[Section::Body(&body), Section::Raw(&[3, 0, 0, 0, 0])]);
+    let truncated = build_msg(
+        1,
+        0,
+        &[Section::Body(&body), Section::Raw(&[3, 0, 0, 0, 0])],
+    );
     assert!(parse(&truncated).is_err());
 }
 

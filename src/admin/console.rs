@@ -23,7 +23,10 @@ pub async fn index() -> impl IntoResponse {
 
 pub async fn script() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), NO_STORE],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            NO_STORE,
+        ],
         SCRIPT,
     )
 }

@@ -65,9 +65,20 @@ pub async fn kill(
     // Then the connection is closed in any case (killOp may already have
     // made the server answer the command with an error).
     shared.observe.tracker.close(conn);
-    let method = if kill_op.is_ok() { METHOD_KILL_OP } else { METHOD_CLOSE };
+    let method = if kill_op.is_ok() {
+        METHOD_KILL_OP
+    } else {
+        METHOD_CLOSE
+    };
     let age_ms = facts.age_ms(Instant::now());
     shared.observe.counters.killed.fetch_add(1, Relaxed);
-    events::killed(request_id, &facts, by, method, age_ms, kill_op.err().as_deref());
+    events::killed(
+        request_id,
+        &facts,
+        by,
+        method,
+        age_ms,
+        kill_op.err().as_deref(),
+    );
     Json(serde_json::json!({"killed": true, "method": method, "age_ms": age_ms})).into_response()
 }

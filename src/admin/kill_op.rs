@@ -67,7 +67,12 @@ pub async fn kill_op(shared: &Shared, server_conn: i64) -> Result<(), String> {
     };
     tokio::time::timeout(KILL_OP_TIMEOUT, run)
         .await
-        .unwrap_or_else(|_| Err(format!("timed out after {} ms", KILL_OP_TIMEOUT.as_millis())))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "timed out after {} ms",
+                KILL_OP_TIMEOUT.as_millis()
+            ))
+        })
 }
 
 /// [diagnose]'s credentials, else [explain]'s: mongotap's own user.
@@ -86,12 +91,16 @@ fn credentials(shared: &Shared) -> Option<(&str, &str, &str)> {
 /// The first operation's `opid` in a `$currentOp` reply (an int on a
 /// replica set, a "shard:opid" string through mongos), as killOp takes it.
 fn opid(reply: &RawDocument) -> Option<RawBson> {
-    let batch = reply.get_document("cursor").ok()?.get_array("firstBatch").ok()?;
+    let batch = reply
+        .get_document("cursor")
+        .ok()?
+        .get_array("firstBatch")
+        .ok()?;
     let op = batch.into_iter().next()?.ok()?.as_document()?;
     match op.get("opid").ok()?? {
-        v @ (bson::RawBsonRef::Int32(_) | bson::RawBsonRef::Int64(_) | bson::RawBsonRef::String(_)) => {
-            Some(RawBson::from(v))
-        }
+        v @ (bson::RawBsonRef::Int32(_)
+        | bson::RawBsonRef::Int64(_)
+        | bson::RawBsonRef::String(_)) => Some(RawBson::from(v)),
         _ => None,
     }
 }

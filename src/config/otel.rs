@@ -80,7 +80,10 @@ impl OtelConfig {
         if self.service_name.is_empty() {
             return bad("otel.service_name must not be empty".into());
         }
-        if self.max_queue_size == 0 || self.max_export_batch_size == 0 || self.export_timeout_ms == 0 {
+        if self.max_queue_size == 0
+            || self.max_export_batch_size == 0
+            || self.export_timeout_ms == 0
+        {
             return bad(
                 "otel.max_queue_size, otel.max_export_batch_size and otel.export_timeout_ms must be at least 1"
                     .into(),

@@ -264,7 +264,10 @@ fn otel_is_off_without_its_table_and_the_env_tunes_it() {
     otel.apply_env(|_| Some(String::new()));
     assert_eq!(otel.service_name, "checkout-db");
     let shown = c.redacted().to_toml().unwrap();
-    assert!(shown.contains("<redacted>") && !shown.contains("\"k\""), "{shown}");
+    assert!(
+        shown.contains("<redacted>") && !shown.contains("\"k\""),
+        "{shown}"
+    );
     assert!(invalid("[otel]\nsample_ratio = 1.5\n").contains("otel.sample_ratio"));
     assert!(invalid("[otel]\nendpoint = \"collector:4318\"\n").contains("http://"));
     assert!(invalid("[otel]\nmax_queue_size = 0\n").contains("max_queue_size"));

@@ -52,7 +52,9 @@ impl TopologyConfig {
 
     /// `member_ports` as a range, checked by `validate`.
     pub fn port_range(&self) -> Option<RangeInclusive<u16>> {
-        self.member_ports.as_deref().and_then(|s| parse_range(s).ok())
+        self.member_ports
+            .as_deref()
+            .and_then(|s| parse_range(s).ok())
     }
 
     /// `given`: the proxy.listen / proxy.upstream settings the file or the
@@ -114,7 +116,11 @@ impl TopologyConfig {
 
 /// "27019-27030" (or one port) as a range of at least one port.
 fn parse_range(text: &str) -> Result<RangeInclusive<u16>, String> {
-    let fix = || format!("topology.member_ports {text:?} must be a port range FIRST-LAST, e.g. \"27019-27030\"");
+    let fix = || {
+        format!(
+            "topology.member_ports {text:?} must be a port range FIRST-LAST, e.g. \"27019-27030\""
+        )
+    };
     let (a, b) = text.split_once('-').unwrap_or((text, text));
     let port = |s: &str| s.trim().parse::<u16>().ok().filter(|&p| p != 0);
     match (port(a), port(b)) {

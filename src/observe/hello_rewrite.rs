@@ -33,7 +33,10 @@ impl HelloIds {
     }
 
     fn take(&mut self, id: i32) -> Option<ReplyKind> {
-        let slot = self.ids.iter_mut().find(|s| s.is_some_and(|(i, _)| i == id))?;
+        let slot = self
+            .ids
+            .iter_mut()
+            .find(|s| s.is_some_and(|(i, _)| i == id))?;
         slot.take().map(|(_, kind)| kind)
     }
 }
@@ -137,7 +140,10 @@ mod tests {
             ids.note(id, ReplyKind::ReplSetGetStatus);
         }
         assert_eq!(ids.take(0), None, "the oldest was overwritten");
-        assert_eq!(ids.take(REMEMBERED as i32 + 2), Some(ReplyKind::ReplSetGetStatus));
+        assert_eq!(
+            ids.take(REMEMBERED as i32 + 2),
+            Some(ReplyKind::ReplSetGetStatus)
+        );
         assert_eq!(reply_kind("isMaster"), Some(ReplyKind::Hello));
         assert_eq!(reply_kind("find"), None);
     }

@@ -19,7 +19,9 @@ pub mod spans;
 pub mod stats;
 pub mod tracker;
 
-pub use observatory::{AutoDiagnose, AutoExplain, DiagnoseSlot, Observatory, RewriteCounts, Trigger};
+pub use observatory::{
+    AutoDiagnose, AutoExplain, DiagnoseSlot, Observatory, RewriteCounts, Trigger,
+};
 pub use reply::ReplyObserver;
 pub use request::RequestObserver;
 

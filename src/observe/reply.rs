@@ -4,9 +4,9 @@
 use super::{ConnState, Observe};
 use crate::observe::cursors::CursorInfo;
 use crate::observe::stats::Sample;
-use crate::observe::{events, spans};
 use crate::observe::tracker::RequestFacts;
 use crate::observe::Trigger;
+use crate::observe::{events, spans};
 use mongotap_proto::capture::Direction;
 use mongotap_proto::message::{with_message, Message};
 use mongotap_proto::{DecodeError, ReplyView};

@@ -124,17 +124,13 @@ impl<'a> RequestObserver<'a> {
                 .flatten(),
             // Only with [otel] on; awaiting commands wait by design and
             // get no span.
-            span: obs
-                .otel
-                .as_ref()
-                .filter(|_| !awaiting)
-                .map(|otel| {
-                    let from_section = trace_context
-                        .and_then(|d| d.get_document("otel").ok())
-                        .and_then(|d| d.get_str("traceparent").ok())
-                        .and_then(TraceParent::parse);
-                    otel.new_ids(from_section.or_else(|| view.comment.and_then(traceparent)))
-                }),
+            span: obs.otel.as_ref().filter(|_| !awaiting).map(|otel| {
+                let from_section = trace_context
+                    .and_then(|d| d.get_document("otel").ok())
+                    .and_then(|d| d.get_str("traceparent").ok())
+                    .and_then(TraceParent::parse);
+                otel.new_ids(from_section.or_else(|| view.comment.and_then(traceparent)))
+            }),
             explain_body: obs.explain.as_ref().and_then(|e| e.body_for(view)),
             diagnose: obs.diagnose.as_ref().and_then(|d| d.slot_for(view)),
         };

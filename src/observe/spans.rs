@@ -84,7 +84,10 @@ pub fn command(otel: &Otel, obs: &Observatory, p: &Pending, end: End<'_, '_>, no
         events.events.push(Event::new(
             "stalled",
             clock.wall(at),
-            vec![KeyValue::new("mongotap.stall_ms", obs.watch.stall_ms as i64)],
+            vec![KeyValue::new(
+                "mongotap.stall_ms",
+                obs.watch.stall_ms as i64,
+            )],
             0,
         ));
     }
@@ -110,10 +113,7 @@ pub fn stalled(otel: &Otel, obs: &Observatory, facts: &RequestFacts, now: Instan
     let clock = Clock::now();
     let mut attrs = base_attributes(obs, facts);
     attrs.push(KeyValue::new("mongotap.stalled", true));
-    attrs.push(KeyValue::new(
-        "mongotap.age_ms",
-        facts.age_ms(now) as i64,
-    ));
+    attrs.push(KeyValue::new("mongotap.age_ms", facts.age_ms(now) as i64));
     let command_span = SpanContext::new(
         ids.trace_id,
         ids.span_id,
@@ -191,14 +191,20 @@ fn base_attributes(obs: &Observatory, facts: &RequestFacts) -> Vec<KeyValue> {
 fn split_host_port(addr: &str) -> (&str, Option<i64>) {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
-            Ok(p) => (host.trim_start_matches('[').trim_end_matches(']'), Some(i64::from(p))),
+            Ok(p) => (
+                host.trim_start_matches('[').trim_end_matches(']'),
+                Some(i64::from(p)),
+            ),
             Err(_) => (addr, None),
         },
         _ => (addr, None),
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call per span kind, each naming every part")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per span kind, each naming every part"
+)]
 fn span(
     otel: &Otel,
     ids: SpanIds,
@@ -265,7 +271,10 @@ mod tests {
 
     #[test]
     fn server_address_and_port() {
-        assert_eq!(split_host_port("127.0.0.1:27017"), ("127.0.0.1", Some(27017)));
+        assert_eq!(
+            split_host_port("127.0.0.1:27017"),
+            ("127.0.0.1", Some(27017))
+        );
         assert_eq!(split_host_port("[::1]:27018"), ("::1", Some(27018)));
         assert_eq!(split_host_port("db.internal"), ("db.internal", None));
     }

@@ -179,7 +179,10 @@ mod tests {
         };
         assert!(otel.sampled(&ids(5, Some(parent))));
         assert!(!otel.sampled(&ids(5, None)));
-        let unsampled = TraceParent { sampled: false, ..parent };
+        let unsampled = TraceParent {
+            sampled: false,
+            ..parent
+        };
         assert!(!otel.sampled(&ids(5, Some(unsampled))));
         // A child keeps the app's trace id under a span id of its own.
         let span_ids = otel.new_ids(Some(parent));

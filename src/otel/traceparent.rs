@@ -20,9 +20,16 @@ impl TraceParent {
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let hex = |p: &str, len: usize| {
-            p.len() == len && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            p.len() == len
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
-        if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+        if !hex(version, 2)
+            || version == "ff"
+            || !hex(trace, 32)
+            || !hex(span, 16)
+            || !hex(flags, 2)
+        {
             return None;
         }
         if version == "00" && parts.next().is_some() {
@@ -56,7 +63,8 @@ mod tests {
         );
         assert_eq!(p.span_id, SpanId::from(0x00f067aa0ba902b7u64));
         assert!(p.sampled);
-        let unsampled = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let unsampled =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         assert_eq!(unsampled.map(|p| p.sampled), Some(false));
         for bad in [
             "",
@@ -71,6 +79,9 @@ mod tests {
             assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
         }
         // A later version may add fields after the first four.
-        assert!(TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x").is_some());
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
     }
 }

@@ -254,7 +254,11 @@ async fn accept_loop(
             _ = shutdown.drain.cancelled() => return,
         };
         let Some(active) = shared.try_admit(shared.config.proxy.max_connections) else {
-            shared.observe.counters.connections_refused.fetch_add(1, Relaxed);
+            shared
+                .observe
+                .counters
+                .connections_refused
+                .fetch_add(1, Relaxed);
             warn!(
                 event = "connection_refused",
                 client = %client,

@@ -3,8 +3,8 @@
 
 pub use mongotap_proto::hello::MemberState;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// `MemberState` kept in an atomic: its discriminant.

@@ -99,10 +99,9 @@ impl ReplicaSet {
             members.push(member);
         }
         // The first member's listen address, validated as IP:PORT.
-        let seed = members.first().map_or(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            |m| m.listen,
-        );
+        let seed = members
+            .first()
+            .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |m| m.listen);
         let (tx, rx) = mpsc::unbounded_channel();
         let set = ReplicaSet {
             members: RwLock::new(members),
@@ -143,7 +142,10 @@ impl ReplicaSet {
 
     pub fn note_set_name(&self, name: &str) {
         if self.set_name().as_deref() != Some(name) {
-            *self.set_name.write().unwrap_or_else(PoisonError::into_inner) = Some(name.to_string());
+            *self
+                .set_name
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(name.to_string());
         }
     }
 
@@ -234,7 +236,10 @@ impl ReplicaSet {
         }
         let Some(pool) = ports.as_mut() else {
             drop(ports);
-            self.warn_unmapped(name, "not listed in [[topology.member]] and topology.member_ports is not set");
+            self.warn_unmapped(
+                name,
+                "not listed in [[topology.member]] and topology.member_ports is not set",
+            );
             return None;
         };
         let Some((listener, listen)) = pool.take(self.bind_ip) else {

@@ -30,7 +30,10 @@ fn listed_members_are_bound_and_advertised_as_their_listen_address() {
     assert_eq!(&*m.name, "db-a.internal:27017");
     assert_eq!(m.listen, listeners[0].1.local_addr().unwrap());
     assert_eq!(m.advertise, format!("127.0.0.1:{}", m.listen.port()));
-    assert_eq!(set.advertise("db-a.internal:27017"), Some(m.advertise.clone()));
+    assert_eq!(
+        set.advertise("db-a.internal:27017"),
+        Some(m.advertise.clone())
+    );
     assert!(m.configured);
 }
 
@@ -38,12 +41,23 @@ fn listed_members_are_bound_and_advertised_as_their_listen_address() {
 fn new_members_get_a_port_from_the_range_once_then_none_are_left() {
     let range = free_range();
     let first: u16 = range.split('-').next().unwrap().parse().unwrap();
-    let Bound { set, discovered: mut rx, .. } = ReplicaSet::bind(&config(Some(range))).unwrap();
+    let Bound {
+        set,
+        discovered: mut rx,
+        ..
+    } = ReplicaSet::bind(&config(Some(range))).unwrap();
     let b = set.advertise("db-b:27017").unwrap();
     assert!(b.starts_with("proxy.internal:"), "{b}");
     let port: u16 = b.rsplit_once(':').unwrap().1.parse().unwrap();
-    assert!(port == first || port == first + 1, "{port} outside the range");
-    assert_eq!(set.advertise("db-b:27017"), Some(b.clone()), "the same member keeps its port");
+    assert!(
+        port == first || port == first + 1,
+        "{port} outside the range"
+    );
+    assert_eq!(
+        set.advertise("db-b:27017"),
+        Some(b.clone()),
+        "the same member keeps its port"
+    );
     let (member, listener) = rx.try_recv().unwrap();
     assert_eq!(&*member.name, "db-b:27017");
     assert_eq!(listener.local_addr().unwrap().port(), port);
@@ -67,7 +81,11 @@ fn state_and_hello_age_follow_what_was_seen() {
     let m = &set.members()[0];
     let now = set.epoch + std::time::Duration::from_millis(1500);
     assert_eq!(m.last_hello_age_ms(set.epoch, now), None);
-    m.saw_hello(MemberState::Primary, set.epoch, set.epoch + std::time::Duration::from_millis(1000));
+    m.saw_hello(
+        MemberState::Primary,
+        set.epoch,
+        set.epoch + std::time::Duration::from_millis(1000),
+    );
     assert_eq!(m.last_hello_age_ms(set.epoch, now), Some(500));
     assert_eq!(m.state(), MemberState::Primary);
     m.set_up(false);

@@ -409,7 +409,10 @@ impl Mongotap {
                     && (v["message"] == "listening" || v["event"] == "topology_member_added")
             });
             if found.is_none() {
-                panic!("mongotap never logged a listener on {addr}\n{}", dump(&self.logs));
+                panic!(
+                    "mongotap never logged a listener on {addr}\n{}",
+                    dump(&self.logs)
+                );
             }
         }
     }

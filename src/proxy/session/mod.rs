@@ -72,7 +72,13 @@ pub async fn run(
             }
         },
     };
-    let (upstream_read, upstream_write) = match tls_io::connect_upstream(&shared, tls, id.member.as_deref()).await {
+    let (upstream_read, upstream_write) = match tls_io::connect_upstream(
+        &shared,
+        tls,
+        id.member.as_deref(),
+    )
+    .await
+    {
         Ok(halves) => halves,
         Err(e) => {
             shared
@@ -140,8 +146,7 @@ pub async fn run(
     let end = loop {
         // The control branch is gated: frames wake this task all the time,
         // and only its own wakeups make it poll the tokens and the timer.
-        let mut control =
-            gate::gated(control(&abort, &drain, &mut flush, draining, &conn_state));
+        let mut control = gate::gated(control(&abort, &drain, &mut flush, draining, &conn_state));
         // Cancel-safe: the pipes are pinned across iterations (see above),
         // and `control` is (see `control`).
         let event = tokio::select! {
