@@ -94,7 +94,7 @@ function renderInflight() {
     cell(tr, stages(r.stages), "stages");
     cell(tr, r.max_time_ms ?? "none", "num");
     cell(tr, r.allow_disk_use ?? "", "");
-    cell(tr, r.diagnosis ? JSON.stringify(r.diagnosis.findings ?? r.diagnosis) : "", "diagnosis");
+    cell(tr, r.diagnosis ? diagnosisText(r.diagnosis) : "", "diagnosis");
     cell(tr, r.conn + " / " + r.request_id, "num");
     const kill = document.createElement("button");
     kill.className = "kill";
@@ -308,3 +308,15 @@ setInterval(() => {
   for (const f of [loadStats, loadQueries, loadCursors, loadConnections, loadHealth]) f().catch(() => {});
 }, 3000);
 setInterval(tickAges, 200);
+
+// A stalled aggregate's findings (/inflight's `diagnosis`), warnings and
+// errors first, one per line: "warning $lookup: ...".
+function diagnosisText(findings) {
+  const list = Array.isArray(findings) ? findings : findings.findings || [];
+  const rank = { error: 0, warning: 1, info: 2 };
+  return list
+    .slice()
+    .sort((a, b) => (rank[a.severity] ?? 3) - (rank[b.severity] ?? 3))
+    .map((f) => `${f.severity}${f.stage ? " " + f.stage : ""}: ${f.message}`)
+    .join("\n");
+}
