@@ -436,3 +436,73 @@ async fn old_driver_is_warned_once_per_app() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(tap.events("driver_too_old").len(), 1);
 }
+
+/// `/connections` counts the open connections by their handshake's
+/// appName: the test's own connections are the ground truth, and closing
+/// one is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_counted_by_the_app_of_their_handshake() {
+    let upstream = Scripted::ok().await;
+    let tap = Mongotap::start(upstream.addr);
+    let hello = |app: &str| {
+        rawdoc! {
+            "hello": 1, "$db": "admin",
+            "client": { "application": { "name": app }, "driver": { "name": "raw", "version": "1" } },
+        }
+    };
+    let mut clients = Vec::new();
+    for app in ["billing", "billing", "search"] {
+        let mut c = RawClient::connect(tap.listen).await;
+        c.command(&hello(app)).await;
+        clients.push(c);
+    }
+    // One connection that never says who it is.
+    let mut anonymous = RawClient::connect(tap.listen).await;
+    anonymous
+        .command(&rawdoc! { "ping": 1, "$db": "admin" })
+        .await;
+    let by_app = |tap: &Mongotap| -> (u64, Vec<(String, u64)>) {
+        let (status, body) = tap.admin_get("/connections");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let rows = v["by_app"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["app"].as_str().unwrap().to_string(),
+                    r["connections"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (v["connections"].as_u64().unwrap(), rows)
+    };
+    let want = vec![
+        ("billing".to_string(), 2),
+        ("".to_string(), 1),
+        ("search".to_string(), 1),
+    ];
+    assert_eq!(by_app(&tap), (4, want));
+    drop(clients.remove(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (total, rows) = by_app(&tap);
+        if total == 3 {
+            assert_eq!(
+                rows,
+                vec![
+                    ("".to_string(), 1),
+                    ("billing".to_string(), 1),
+                    ("search".to_string(), 1)
+                ]
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed connection still counted: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -45,6 +45,7 @@ pub fn start(
         .route("/inflight", get(inflight))
         .route("/cursors", get(cursors))
         .route("/topology", get(topology))
+        .route("/connections", get(connections))
         .route("/events/recent", get(events::recent))
         .route("/events", {
             let stop = stop.clone();
@@ -174,6 +175,23 @@ async fn readyz(State(shared): S) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// Open client connections, in all and by the appName of their handshake.
+async fn connections(State(shared): S) -> impl IntoResponse {
+    let by_app: Vec<_> = shared
+        .observe
+        .tracker
+        .connections_by_app()
+        .into_iter()
+        .map(|(app, n)| serde_json::json!({"app": &*app, "connections": n}))
+        .collect();
+    let total = shared
+        .observe
+        .counters
+        .connections_active
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Json(serde_json::json!({"connections": total, "by_app": by_app}))
 }
 
 /// Replica-set mode's members, listeners and states; in direct mode, the

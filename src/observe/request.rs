@@ -62,6 +62,7 @@ impl<'a> RequestObserver<'a> {
             self.handshake_seen = true;
             if let Some(meta) = ClientMeta::from_hello(view) {
                 self.meta = obs.clients.intern(meta);
+                self.conn.inflight.set_app(self.meta.app.clone());
             }
         }
         if !expects_reply {

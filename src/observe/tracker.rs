@@ -174,9 +174,17 @@ pub struct ConnInflight {
     /// `connectionId`), 0 until a hello reply names it: the kill switch
     /// finds the operation by it for `killOp`.
     server_conn_id: AtomicI64,
+    /// The handshake's appName, once the client sent it: `/connections`
+    /// counts open connections by app.
+    app: std::sync::OnceLock<Arc<str>>,
 }
 
 impl ConnInflight {
+    /// Records the connection's appName (the first handshake wins).
+    pub fn set_app(&self, app: Arc<str>) {
+        let _ = self.app.set(app);
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<i32, Pending, ahash::RandomState>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -246,6 +254,24 @@ impl Tracker {
 
     pub fn unregister(&self, conn: u64) {
         self.conns.remove(&conn);
+    }
+
+    /// Open connections by the appName of their handshake ("" before or
+    /// without one), busiest first.
+    pub fn connections_by_app(&self) -> Vec<(Arc<str>, usize)> {
+        let mut counts: HashMap<Arc<str>, usize, ahash::RandomState> = HashMap::default();
+        for e in self.conns.iter() {
+            let app = e
+                .value()
+                .app
+                .get()
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""));
+            *counts.entry(app).or_default() += 1;
+        }
+        let mut rows: Vec<_> = counts.into_iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rows
     }
 
     /// Runs `f` on every pending command, one connection's lock at a time.

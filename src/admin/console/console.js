@@ -273,22 +273,14 @@ async function loadCursors() {
   });
 }
 async function loadConnections() {
-  const all = await getJson("/inflight?all=true");
-  const byApp = new Map();
-  for (const r of all) {
-    const conns = byApp.get(r.app || "unknown") || new Set();
-    conns.add(r.conn);
-    byApp.set(r.app || "unknown", conns);
-  }
-  fillBody("apps", [...byApp].sort((a, b) => b[1].size - a[1].size), ([app, conns]) => {
+  const c = await getJson("/connections");
+  fillBody("apps", c.by_app, (r) => {
     const tr = document.createElement("tr");
-    cell(tr, app);
-    cell(tr, conns.size, "num");
+    cell(tr, r.app || "(no appName)");
+    cell(tr, r.connections, "num");
     return tr;
   });
-  const metrics = await (await api("/metrics")).text();
-  const m = metrics.match(/^mongotap_connections_active (\d+)/m);
-  $("conns").textContent = "connections: " + (m ? m[1] : "?");
+  $("conns").textContent = "connections: " + c.connections;
 }
 async function loadHealth() {
   const r = await fetch("/readyz");
