@@ -7,6 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "support/admin_http.rs"]
+mod admin_http;
+#[path = "support/scripted.rs"]
+mod scripted;
 mod support;
 
 use mongodb::bson::{doc, Document};
@@ -215,4 +219,110 @@ async fn the_console_shows_never_replied_once_ferretdb_dies() {
     assert_eq!(event["detail"], never["reason"]);
     assert_eq!(never["request_id"], stalled["request_id"]);
     assert_eq!(seen["inflight_rows"], 0, "nothing is in flight any more");
+}
+
+/// A find the scripted upstream answers after `ms` milliseconds, the delay
+/// named by its collection (`d80`).
+fn delayed(req: &scripted::Received) -> Vec<scripted::Step> {
+    let name = req.name();
+    let coll = req
+        .command
+        .as_deref()
+        .and_then(|c| c.get_str(name.as_str()).ok());
+    match (
+        name.as_str(),
+        coll.and_then(|c| c.strip_prefix('d')?.parse::<u64>().ok()),
+    ) {
+        ("find", Some(ms)) => {
+            let answer = bson::rawdoc! {
+                "cursor": { "firstBatch": [], "id": 0_i64, "ns": "console.d80" },
+                "ok": 1.0,
+            };
+            vec![
+                scripted::Step::Sleep(Duration::from_millis(ms)),
+                scripted::Step::Send(scripted::reply(req, &answer)),
+            ]
+        }
+        _ => scripted::default_reply(req),
+    }
+}
+
+/// The latency panel's "last 5 minutes" columns come from the histogram
+/// buckets: for finds the upstream holds 80 ms, the window counts exactly
+/// the finds sent, and its p50 and p99 are the bucket bound that holds
+/// both the delay and the slowest time the client measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latency_panel_shows_the_last_minutes_from_the_histogram_buckets() {
+    let upstream = scripted::Scripted::start(delayed).await;
+    let tap = Mongotap::spawn_config(
+        &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.addr.to_string(),
+        ],
+    );
+    let mut client = scripted::RawClient::connect(tap.listen).await;
+    client
+        .command(&bson::rawdoc! {
+            "hello": 1, "$db": "admin",
+            "client": { "application": { "name": "latency-test" }, "driver": { "name": "raw", "version": "1" } },
+        })
+        .await;
+    const FINDS: usize = 6;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..FINDS {
+        let sent = Instant::now();
+        client
+            .command(&bson::rawdoc! { "find": "d80", "$db": "console" })
+            .await;
+        slowest = slowest.max(sent.elapsed());
+    }
+    // The bucket bounds are the histogram's contract (100 µs to 60 s).
+    let (_, metrics) = admin_http::request(tap.admin.unwrap(), "GET", "/metrics", Some(TOKEN));
+    let bounds: Vec<f64> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("mongotap_command_duration_seconds_bucket{")
+                && l.contains("command=\"find\"")
+        })
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+        .collect();
+    let holding = |s: f64| {
+        bounds
+            .iter()
+            .copied()
+            .filter(|&b| b >= s)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let row = "#latency tbody tr";
+    let cells = "(() => { const tr = [...document.querySelectorAll('#latency tbody tr')].find(t => t.cells[0].textContent === 'find'); \
+                 if (!tr) return null; return { n: tr.querySelector('.win-n').textContent, \
+                 p50: tr.querySelector('.win-p50').dataset.s, p99: tr.querySelector('.win-p99').dataset.s, app: tr.cells[2].textContent }; })()";
+    let seen = browse(
+        &tap,
+        dir.path(),
+        true,
+        json!([
+            {"wait": format!("document.querySelector({row:?}) && {cells} && {cells}.n === '{FINDS}'")},
+            {"eval": cells, "as": "find"},
+        ]),
+    )
+    .await;
+    let find = &seen["find"];
+    assert_eq!(find["app"], "latency-test", "{seen}");
+    assert_eq!(find["n"], FINDS.to_string(), "the finds the test sent");
+    let p50: f64 = find["p50"].as_str().unwrap().parse().unwrap();
+    let p99: f64 = find["p99"].as_str().unwrap().parse().unwrap();
+    assert!(
+        p99 >= 0.080,
+        "p99 bound {p99} s under the upstream's 80 ms delay"
+    );
+    assert!(
+        p99 <= holding(slowest.as_secs_f64()),
+        "p99 bound {p99} s above the bucket of the client's slowest find ({slowest:?})"
+    );
+    assert!(p50 >= 0.080 && p50 <= p99, "p50 bound {p50} s");
 }

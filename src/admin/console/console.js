@@ -225,18 +225,68 @@ function spark(points) {
   svg.appendChild(line);
   return svg;
 }
+// The last minutes, from mongotap_command_duration_seconds' cumulative
+// buckets: each poll keeps a snapshot; a window is the latest minus the
+// oldest kept, and its quantiles are bucket upper bounds.
+const WINDOW_MS = 5 * 60 * 1000;
+const snapshots = [];
+function parseBuckets(text) {
+  const out = new Map();
+  const re = /^mongotap_command_duration_seconds_bucket\{([^}]*)\} (\d+)/;
+  for (const line of text.split("\n")) {
+    const m = re.exec(line);
+    if (!m) continue;
+    const l = {};
+    for (const [, k, v] of m[1].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) l[k] = v;
+    const key = [l.command, ns(l), l.app, l.member].join("|");
+    const le = l.le === "+Inf" ? Infinity : Number(l.le);
+    const b = out.get(key) || new Map();
+    b.set(le, (b.get(le) || 0) + Number(m[2]));
+    out.set(key, b);
+  }
+  return out;
+}
+// Counts per bucket bound in `now` minus `then`, and the bound under
+// which fraction q of them fall.
+function windowOf(now, then) {
+  const bounds = [...now.keys()].sort((a, b) => a - b);
+  const counts = bounds.map((le) => now.get(le) - ((then && then.get(le)) || 0));
+  const n = counts[counts.length - 1] || 0;
+  const q = (f) => {
+    if (!n) return null;
+    const i = counts.findIndex((c) => c >= f * n);
+    return bounds[i];
+  };
+  return { n, p50: q(0.5), p99: q(0.99) };
+}
+const bound = (s) => (s === null ? "" : s === Infinity ? "> 60 s" : us(s * 1e6));
+async function loadWindows() {
+  const now = Date.now();
+  snapshots.push({ t: now, buckets: parseBuckets(await (await api("/metrics")).text()) });
+  while (snapshots.length > 2 && now - snapshots[1].t >= WINDOW_MS) snapshots.shift();
+}
 async function loadStats() {
+  await loadWindows().catch(() => {});
   const rows = (await getJson("/stats")).commands || [];
+  const latest = snapshots[snapshots.length - 1];
+  const previous = snapshots[snapshots.length - 2];
   fillBody("latency", rows, (r) => {
     const key = [r.command, ns(r), r.app, r.member].join("|");
+    const buckets = latest && latest.buckets.get(key);
+    const oldest = snapshots.length > 1 ? snapshots[0].buckets.get(key) : undefined;
+    const win = buckets ? windowOf(buckets, oldest) : { n: 0, p50: null, p99: null };
+    const step = buckets ? windowOf(buckets, previous && previous.buckets.get(key)) : null;
     const h = p99History.get(key) || [];
-    h.push(r.p99_us);
+    h.push(step && step.p99 !== null && step.p99 !== Infinity ? step.p99 * 1e6 : 0);
     if (h.length > SPARK_POINTS) h.shift();
     p99History.set(key, h);
     const tr = document.createElement("tr");
     cell(tr, r.command);
     cell(tr, ns(r));
     cell(tr, r.app);
+    cell(tr, win.n, "num win-n");
+    cell(tr, bound(win.p50), "num win-p50").dataset.s = win.p50 ?? "";
+    cell(tr, bound(win.p99), "num win-p99").dataset.s = win.p99 ?? "";
     cell(tr, r.count, "num");
     cell(tr, us(r.p50_us), "num");
     cell(tr, us(r.p99_us), "num");
