@@ -15,8 +15,7 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use mongotap_proto::capture::Direction;
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -99,26 +98,7 @@ async fn crud(uri: &str, db: &str, big: bool) {
 
 /// POST with an optional bearer token; returns the status and body.
 fn http_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect admin");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("set_read_timeout");
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    .expect("write request");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad HTTP response: {raw:?}"));
-    (status, body.to_owned())
+    support::http_request(addr, "POST", path, token)
 }
 
 /// `mongotap capture export`, checked to succeed.
