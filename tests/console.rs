@@ -23,22 +23,6 @@ use support::{signal, Ferret, Mongotap};
 const T: Duration = Duration::from_secs(20);
 const TOKEN: &str = "console-test-token";
 const SECRET: &str = "SECRET-SKU-4711";
-
-fn tap_with_token(ferret: &Ferret) -> Mongotap {
-    let upstream = ferret.addr().to_string();
-    Mongotap::spawn_config(
-        &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--stall-ms",
-            "300",
-        ],
-    )
-}
-
 /// A collection of `app`'s, with a few documents, read once so the latency
 /// panel has a row.
 async fn seeded(tap: &Mongotap, app: &str) -> Collection<Document> {
@@ -108,7 +92,7 @@ fn row_js(row: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_stuck_aggregate_and_its_kill_button_ends_it() {
     let ferret = Ferret::start();
-    let tap = tap_with_token(&ferret);
+    let tap = Mongotap::with_token(ferret.addr(), TOKEN, &["--stall-ms", "300"]);
     let coll = seeded(&tap, "console-test").await;
     signal(ferret.pid(), "STOP");
     let (agg, stalled) = stuck_aggregate(&tap, coll).await;
@@ -182,7 +166,7 @@ async fn the_console_shows_the_stuck_aggregate_and_its_kill_button_ends_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_never_replied_once_ferretdb_dies() {
     let mut ferret = Ferret::start();
-    let tap = tap_with_token(&ferret);
+    let tap = Mongotap::with_token(ferret.addr(), TOKEN, &["--stall-ms", "300"]);
     let coll = seeded(&tap, "console-dies").await;
     signal(ferret.pid(), "STOP");
     let (agg, stalled) = stuck_aggregate(&tap, coll).await;
@@ -254,15 +238,7 @@ fn delayed(req: &scripted::Received) -> Vec<scripted::Step> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_latency_panel_shows_the_last_minutes_from_the_histogram_buckets() {
     let upstream = scripted::Scripted::start(delayed).await;
-    let tap = Mongotap::spawn_config(
-        &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.addr.to_string(),
-        ],
-    );
+    let tap = Mongotap::with_token(upstream.addr, TOKEN, &[]);
     let mut client = scripted::RawClient::connect(tap.listen).await;
     client
         .command(&bson::rawdoc! {

@@ -24,18 +24,8 @@ const STALL_MS: u64 = 300;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_and_the_ring_carry_stalled_and_killed() {
     let ferret = Ferret::start();
-    let upstream = ferret.addr().to_string();
-    let tap = Mongotap::spawn_config(
-        &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--stall-ms",
-            &STALL_MS.to_string(),
-        ],
-    );
+    let stall_ms = STALL_MS.to_string();
+    let tap = Mongotap::with_token(ferret.addr(), TOKEN, &["--stall-ms", &stall_ms]);
     let admin = tap.admin.expect("admin");
     assert_eq!(request(admin, "GET", "/events", None).0, 401);
     assert_eq!(

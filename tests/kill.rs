@@ -33,23 +33,6 @@ async fn client(uri: &str, app: &str) -> Client {
     opts.server_selection_timeout = Some(Duration::from_secs(5));
     Client::with_options(opts).expect("client")
 }
-
-/// mongotap with admin.token set, in front of `ferret`.
-pub fn tap_with_token(ferret: &Ferret) -> Mongotap {
-    let upstream = ferret.addr().to_string();
-    Mongotap::spawn_config(
-        &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--stall-ms",
-            "300",
-        ],
-    )
-}
-
 /// The /inflight row of `app`'s `command`, waiting for it to appear.
 async fn wait_row(tap: &Mongotap, app: &str, command: &str) -> Value {
     let admin = tap.admin.expect("admin");
@@ -75,7 +58,7 @@ async fn wait_row(tap: &Mongotap, app: &str, command: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_ends_the_stuck_command_and_only_it() {
     let ferret = Ferret::start();
-    let tap = tap_with_token(&ferret);
+    let tap = Mongotap::with_token(ferret.addr(), TOKEN, &["--stall-ms", "300"]);
     let admin = tap.admin.expect("admin");
     let victim = client(&tap.uri(), "victim").await;
     let bystander = client(&tap.uri(), "bystander").await;

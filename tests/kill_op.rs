@@ -63,15 +63,7 @@ fn body(frame: &[u8]) -> &RawDocument {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_runs_kill_op_on_the_operation_the_server_names() {
     let upstream = Scripted::start(script).await;
-    let tap = Mongotap::spawn_config(
-        &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.addr.to_string(),
-        ],
-    );
+    let tap = Mongotap::with_token(upstream.addr, TOKEN, &[]);
     let admin = tap.admin.expect("admin");
     let mut client = RawClient::connect(tap.listen).await;
     client

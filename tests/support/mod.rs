@@ -366,6 +366,16 @@ impl Mongotap {
         }
     }
 
+    /// mongotap in front of `upstream` with `admin.token = token` (the
+    /// routes that need a token: the kill switch, /events), plus `extra`
+    /// flags.
+    pub fn with_token(upstream: SocketAddr, token: &str, extra: &[&str]) -> Mongotap {
+        let upstream = upstream.to_string();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--upstream", &upstream];
+        args.extend_from_slice(extra);
+        Mongotap::spawn_config(&format!("[admin]\ntoken = \"{token}\"\n"), &args)
+    }
+
     /// `mongotap proxy --config FILE` with `toml` as the file, the admin
     /// endpoint on port 0 and JSON logs, plus `extra` flags. For configs
     /// that name their own listeners (replica-set mode takes no
