@@ -7,7 +7,7 @@
 use super::ConnState;
 use crate::topology::ReplicaSet;
 use mongotap_proto::hello::{self, AddressMap, ReplyKind};
-use mongotap_proto::DecodeError;
+use mongotap_proto::{CommandView, DecodeError};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -42,9 +42,11 @@ impl HelloIds {
 }
 
 /// The reply kind a command's reply is, when it names members.
-pub fn reply_kind(command: &str) -> Option<ReplyKind> {
-    match command {
-        "hello" | "isMaster" | "ismaster" => Some(ReplyKind::Hello),
+fn reply_kind(view: &CommandView<'_>) -> Option<ReplyKind> {
+    if view.is_hello() {
+        return Some(ReplyKind::Hello);
+    }
+    match view.name {
         "replSetGetStatus" => Some(ReplyKind::ReplSetGetStatus),
         "replSetGetConfig" => Some(ReplyKind::ReplSetGetConfig),
         _ => None,
@@ -71,11 +73,11 @@ impl AddressMap for ListenerMap<'_> {
 impl ConnState {
     /// Remembers a request whose reply will name members (replica-set
     /// mode only).
-    pub(super) fn note_member_request(&self, request_id: i32, command: &str) {
+    pub(super) fn note_member_request(&self, request_id: i32, view: &CommandView<'_>) {
         if self.obs.replica_set.is_none() {
             return;
         }
-        if let Some(kind) = reply_kind(command) {
+        if let Some(kind) = reply_kind(view) {
             let mut hellos = self.hellos.lock().unwrap_or_else(|e| e.into_inner());
             hellos.note(request_id, kind);
             self.hellos_waiting.store(true, Relaxed);
@@ -144,7 +146,17 @@ mod tests {
             ids.take(REMEMBERED as i32 + 2),
             Some(ReplyKind::ReplSetGetStatus)
         );
-        assert_eq!(reply_kind("isMaster"), Some(ReplyKind::Hello));
-        assert_eq!(reply_kind("find"), None);
+        let kind = |body: bson::RawDocumentBuf| {
+            reply_kind(&mongotap_proto::CommandView::parse(&body).expect("command"))
+        };
+        assert_eq!(
+            kind(bson::rawdoc! { "isMaster": 1, "$db": "admin" }),
+            Some(ReplyKind::Hello)
+        );
+        assert_eq!(
+            kind(bson::rawdoc! { "replSetGetStatus": 1, "$db": "admin" }),
+            Some(ReplyKind::ReplSetGetStatus)
+        );
+        assert_eq!(kind(bson::rawdoc! { "find": "c", "$db": "d" }), None);
     }
 }

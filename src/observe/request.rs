@@ -56,7 +56,7 @@ impl<'a> RequestObserver<'a> {
         let trace_context = msg.and_then(|m| m.trace_context);
         let obs = &self.conn.obs;
         if expects_reply {
-            self.conn.note_member_request(request_id, view.name);
+            self.conn.note_member_request(request_id, view);
         }
         if !self.handshake_seen && view.is_hello() {
             self.handshake_seen = true;
