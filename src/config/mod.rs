@@ -12,7 +12,7 @@ mod topology;
 pub use diagnose::DiagnoseConfig;
 pub use health::HealthConfig;
 pub use otel::OtelConfig;
-pub use topology::{listen_host, TopologyConfig};
+pub use topology::{host_of, listen_host, TopologyConfig};
 #[cfg(test)]
 pub use topology::{MemberConfig, TopologyMode};
 

@@ -153,6 +153,14 @@ fn host_port(key: &str, value: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// The host of a `HOST:PORT` address, without an IPv6 address's
+/// brackets: the name TLS sends as SNI and checks the certificate against.
+pub fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']')
+}
+
 /// The host part of a listen address, as advertised by default.
 pub fn listen_host(listen: &SocketAddr) -> String {
     match listen.ip() {

@@ -116,13 +116,10 @@ pub fn connector(side: &TlsUpstreamSide, upstream: &str) -> Result<TlsUpstream, 
         }
         _ => builder.with_no_client_auth(),
     };
-    let host = side.server_name.clone().unwrap_or_else(|| {
-        upstream
-            .rsplit_once(':')
-            .map_or(upstream, |(h, _)| h)
-            .trim_matches(|c| c == '[' || c == ']')
-            .to_string()
-    });
+    let host = side
+        .server_name
+        .clone()
+        .unwrap_or_else(|| crate::config::host_of(upstream).to_string());
     let name = ServerName::try_from(host.clone()).map_err(|_| TlsError::ServerName(host))?;
     Ok((TlsConnector::from(Arc::new(config)), name))
 }

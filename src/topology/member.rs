@@ -100,9 +100,6 @@ impl Member {
 
     /// The host part of `upstream`, for TLS's SNI and certificate check.
     pub fn host(&self) -> &str {
-        self.upstream
-            .rsplit_once(':')
-            .map_or(self.upstream.as_str(), |(h, _)| h)
-            .trim_matches(|c| c == '[' || c == ']')
+        crate::config::host_of(&self.upstream)
     }
 }
